@@ -1,0 +1,124 @@
+"""The entry points: load a model file, compile a model, get its module.
+
+Example::
+
+    mod = gradc.load("examples/moons/model.py")          # compiles or takes the cache
+    p = mod.init_params(seed=0)
+    print(mod.loss(p, x=X, y=Y))
+"""
+import os
+import runpy
+import sys
+import threading
+
+from .errors import ModelError
+
+_TARGETS = ("c",)
+_lock = threading.Lock()
+
+
+def load_model_file(path, model=None):
+    """Run a model file and return the ``gradc.Model`` it defines.
+
+    ``model`` picks one by variable or model name when the file defines
+    several. Errors name the file and line.
+    """
+    from .model import Model
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelError(f"no such model file: {path}", where=None)
+    with open(path, "rb") as f:
+        text = f.read()
+    try:
+        code = compile(text, path, "exec")
+    except SyntaxError as e:
+        raise ModelError(f"syntax error: {e.msg}", where=(path, e.lineno)) from None
+    ns = {"__name__": "__gradc_model__", "__file__": os.path.abspath(path)}
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    try:
+        exec(code, ns)
+    except ModelError as e:
+        if e.where is None or os.path.abspath(e.where[0]) != os.path.abspath(path):
+            e.where = _frame_in(sys.exc_info()[2], path) or e.where
+        raise
+    except Exception as e:
+        where = _frame_in(sys.exc_info()[2], path)
+        raise ModelError(f"{type(e).__name__}: {e}", where=where) from e
+    finally:
+        sys.path.pop(0)
+    models = {k: v for k, v in ns.items() if isinstance(v, Model)}
+    if model is not None:
+        hits = [v for k, v in models.items() if k == model or v.name == model]
+        if not hits:
+            raise ModelError(f"no model named {model!r}; found {', '.join(sorted(models)) or 'none'}", where=(path, 1))
+        return hits[0]
+    distinct = list({id(v): v for v in models.values()}.values())
+    if not distinct:
+        raise ModelError("no model found: define one with m = gradc.Model(\"name\")", where=(path, 1))
+    if len(distinct) > 1:
+        raise ModelError("several models found (" + ", ".join(sorted(models))
+                         + "); choose one with --model NAME", where=(path, 1))
+    return distinct[0]
+
+
+def _frame_in(tb, path):
+    """The innermost traceback line inside ``path``."""
+    where, ap = None, os.path.abspath(path)
+    while tb is not None:
+        if os.path.abspath(tb.tb_frame.f_code.co_filename) == ap:
+            where = (path, tb.tb_lineno)
+        tb = tb.tb_next
+    return where
+
+
+def lower_model(model):
+    from .ir import lower
+    return lower(model.spec())
+
+
+def module_info(prog, src, dtype, target):
+    """The metadata the generated module needs (shapes, dtypes, initializers, layout)."""
+    L = src.layout
+    params = [dict(name=p["name"], shape=p["shape"], offset=p["offset"], size=p["size"],
+                   init=prog.tensors[p["name"]].init) for p in L["params"]]
+    arg = lambda t: dict(name=t.name, shape=list(t.shape), dtype=t.dtype)  # noqa: E731
+    return dict(name=prog.name, prefix=src.name, dtype=dtype, target=target, params=params,
+                n_params=L["n_params"], inputs=[arg(t) for t in prog.inputs],
+                targets=[arg(t) for t in prog.targets],
+                outputs=[dict(name=o, shape=list(prog.tensors[o].shape)) for o in prog.outputs],
+                int_bounds=dict(prog.int_bounds), ws_reals=L["ws"])
+
+
+def build_model(model_or_prog, dtype="float64", target="c"):
+    """Compile (or take from the cache) and return (cache entry folder, meta)."""
+    from .build import build
+    from .ir import Program
+    if target not in _TARGETS:
+        raise ModelError(f"target {target!r} is not available yet; use --target c", where=None)
+    if dtype not in ("float32", "float64"):
+        raise ModelError(f"dtype must be float32 or float64, not {dtype!r}", where=None)
+    prog = model_or_prog if isinstance(model_or_prog, Program) else lower_model(model_or_prog)
+
+    def make_source():
+        from .autodiff import differentiate
+        from .codegen.c import render
+        src = render(prog, differentiate(prog), dtype)
+        return src, module_info(prog, src, dtype, target)
+
+    with _lock:
+        return build(prog, dtype, target, make_source)
+
+
+def compile_model(model, dtype="float64", target="c"):
+    """A ``gradc.Model`` compiled to a module object with the module contract."""
+    from .runtime import as_module
+    entry, meta = build_model(model, dtype, target)
+    return as_module(entry, meta)
+
+
+def load(path, dtype="float64", target="c", model=None):
+    """Compile the model file at ``path`` (or take it from the cache) and return its module.
+
+    Example: ``moons = gradc.load("examples/moons/model.py")``.
+    """
+    return compile_model(load_model_file(path, model), dtype, target)

@@ -1,0 +1,159 @@
+"""Reverse-mode differentiation over stages.
+
+For each stage ``T[o] = body`` (or a reduction of it), the derivative of the
+**body** with respect to each distinct read ``R[map(o, r)]`` is taken with
+``sympy.diff`` (bodies are small), and becomes an update of ``R``'s adjoint
+in the same loop nest::
+
+    dR[map(o, r)] += dT[o] * d(body)/d(R[map(o, r)])
+
+A read through an int32 input (``E[u, k]``) is the same rule: a scatter-add
+into row ``u``. Forward values are reused: in ``h = tanh(z)`` the derivative
+``1 - tanh(z)**2`` becomes ``1 - h**2``.
+
+Non-smooth points follow PyTorch: relu'(0) = 0, |x|'(0) = 0, and ``Max``
+gives the gradient to the first maximal argument.
+
+Example::
+
+    adj = differentiate(prog)
+    for a in adj.sample:
+        for u in a.updates: print(u)
+"""
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from .errors import ModelError
+from .ir import read_symbol, reads
+from .simplify import live_stages
+
+
+@dataclass
+class Update:
+    """``d<tensor>[idx] += expr`` (``expr`` already holds the incoming adjoint)."""
+    tensor: str
+    idx: tuple
+    expr: sp.Expr
+
+    def __str__(self):
+        lhs = f"d{self.tensor}[{', '.join(map(str, self.idx))}]" if self.idx else f"d{self.tensor}"
+        return f"{lhs} += {self.expr}"
+
+
+@dataclass
+class Adjoint:
+    """The backward loop nest of one stage: the same loops, a list of updates."""
+    stage: object
+    updates: list
+
+
+@dataclass
+class Gradient:
+    """The backward pass of a program."""
+    live: list                   # forward stages the loss needs, in order
+    adjoints: list               # backward nests, in execution order (reverse of forward)
+    has_grad: set = field(default_factory=set)   # tensors that carry an adjoint (params and stages)
+
+
+def adjoint_symbol(name):
+    """The SymPy base of tensor ``name``'s adjoint (printed as its adjoint buffer)."""
+    return sp.Symbol("\u2202" + name, real=True)
+
+
+def adjoint_read(t, idx):
+    base = adjoint_symbol(t.name)
+    return sp.IndexedBase(base)[tuple(idx)] if t.shape else base
+
+
+def _relu_first(e):
+    # Max/Min as Piecewise, first argument winning ties; a 0 argument (relu)
+    # wins its ties so that relu'(0) = 0 as in PyTorch.
+    args = list(e.args)
+    if 0 in args:
+        args.remove(0)
+        args.insert(0, sp.S.Zero)
+    better = (lambda a, b: a >= b) if isinstance(e, sp.Max) else (lambda a, b: a <= b)
+    pieces = []
+    for k, a in enumerate(args[:-1]):
+        pieces.append((a, sp.And(*[better(a, b) for b in args[k + 1:]])))
+    pieces.append((args[-1], True))
+    return sp.Piecewise(*pieces, evaluate=False)
+
+
+def local_derivatives(body, wrt):
+    """d(body)/d(w) for each read ``w`` in ``wrt``, in terms of the reads themselves."""
+    dummies = {w: sp.Dummy(f"w{k}", real=True) for k, w in enumerate(wrt)}
+    b = body.xreplace(dummies)
+    b = b.replace(lambda e: isinstance(e, (sp.Max, sp.Min)), _relu_first)
+    back = {d: w for w, d in dummies.items()}
+    out = []
+    for w in wrt:
+        g = sp.diff(b, dummies[w])
+        g = g.replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.S.Zero)
+        g = g.replace(lambda e: isinstance(e, sp.Derivative)
+                      and isinstance(e.expr, (sp.floor, sp.ceiling)), lambda e: sp.S.Zero)
+        if g.has(sp.Derivative):
+            raise ModelError(f"cannot differentiate {body} with respect to {w}")
+        out.append(g.xreplace(back))
+    return out
+
+
+def differentiate(prog):
+    """The backward pass of ``prog``: adjoint nests for every stage the loss needs."""
+    live = live_stages(prog, [prog.loss, prog.reg])
+    # the loss and the regularization always own an adjoint: the kernel seeds them
+    has_grad = {t.name for t in prog.params} | {n for n in (prog.loss, prog.reg) if n}
+    for st in live:
+        if st.grad and any(n in has_grad for b in st.bodies() for n, _, _ in reads(b, prog.tensors)):
+            has_grad.add(st.name)
+    adjoints = []
+    # per-sample stages run backward inside the sample loop, batch stages after it
+    order = [s for s in reversed(live) if s.scope == "sample"] + \
+            [s for s in reversed(live) if s.scope == "batch"]
+    for st in order:
+        if st.name not in has_grad:
+            continue
+        t = prog.tensors[st.name]
+        out_read = read_symbol(t) if not t.shape else sp.IndexedBase(read_symbol(t))[st.idx]
+        updates = []
+        if st.elements is not None:
+            for e, body in enumerate(st.elements):
+                g = adjoint_read(t, _unflat(e, t.shape))
+                own = read_symbol(t) if not t.shape else sp.IndexedBase(read_symbol(t))[_unflat(e, t.shape)]
+                updates += _updates(prog, body, g, own, has_grad)
+        else:
+            updates = _updates(prog, st.body, adjoint_read(t, st.idx), out_read if not st.red else None, has_grad)
+        adjoints.append(Adjoint(st, _merge(updates)))
+    return Gradient(live, adjoints, has_grad)
+
+
+def _unflat(e, shape):
+    idx = []
+    for s in reversed(shape):
+        idx.append(sp.Integer(e % s))
+        e //= s
+    return tuple(reversed(idx))
+
+
+def _updates(prog, body, g, own, has_grad):
+    rds = [(n, idx, r) for n, idx, r in reads(body, prog.tensors) if n in has_grad]
+    if not rds:
+        return []
+    ds = local_derivatives(body, [r for _, _, r in rds])
+    out = []
+    for (n, idx, _), d in zip(rds, ds):
+        if own is not None:
+            d = d.xreplace({body: own})     # reuse the forward value
+        if d != 0:
+            out.append(Update(n, idx, g * d))
+    return out
+
+
+def _merge(updates):
+    # several elements updating the same adjoint element add up in one statement
+    merged = {}
+    for u in updates:
+        key = (u.tensor, u.idx)
+        merged[key] = merged[key] + u.expr if key in merged else u.expr
+    return [Update(n, idx, e) for (n, idx), e in merged.items()]

@@ -1,0 +1,201 @@
+"""Compile generated C into a Python extension with cffi, through a content-hash cache.
+
+The cache key hashes what determines the artifact: the model's canonical
+stages, the dtype and target, the templates, the compiler (its path, size and
+mtime: no compiler run on a warm load) and its flags, and the gradc version.
+A warm load therefore needs neither differentiation nor a compiler.
+
+An entry is built in a private temporary folder and published with one
+``rename``; a process that loses the race uses the winner's entry. On load
+the hashes stored in ``meta.json`` are checked against the files, and a
+truncated or altered entry is rebuilt.
+
+Example::
+
+    entry = build(prog, "float64")       # cached; compiles on a miss
+    lib = load_extension(entry)
+"""
+import contextlib
+import hashlib
+import io
+import importlib.machinery
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import uuid
+import warnings
+
+from ._version import __version__
+from .errors import BuildError
+
+FLAGS = ["-O3", "-march=native", "-fPIC", "-fno-math-errno"]
+META = "meta.json"
+
+
+def cache_root():
+    """``$GRADC_CACHE_DIR``, else the user's cache folder (``~/.cache/gradc`` on Linux)."""
+    env = os.environ.get("GRADC_CACHE_DIR")
+    if env:
+        return os.path.abspath(env)
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA", os.path.expanduser("~"))
+    elif sys.platform == "darwin":
+        base = os.path.expanduser("~/Library/Caches")
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "gradc")
+
+
+def compiler():
+    """(command, identity) of the C compiler: ``$CC`` or ``cc``; identity needs no compiler run."""
+    cc = os.environ.get("CC", "cc")
+    path = shutil.which(cc)
+    if path is None:
+        raise BuildError(f"no C compiler found: {cc!r} is not on PATH (set CC to a C compiler)")
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return path, f"{real}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(prog, dtype, target, template_digest):
+    _, cc_id = compiler()
+    parts = [prog.canonical(), dtype, target, template_digest, cc_id, " ".join(FLAGS),
+             __version__, sys.implementation.cache_tag, sysconfig.get_platform()]
+    return hashlib.sha256("\n\x00".join(parts).encode()).hexdigest()
+
+
+def _writable_root():
+    root = cache_root()
+    try:
+        os.makedirs(root, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=".probe-", dir=root)
+        os.rmdir(probe)
+        return root
+    except OSError as e:
+        fallback = os.path.join(tempfile.gettempdir(), f"gradc-cache-{os.getuid() if hasattr(os, 'getuid') else 0}")
+        warnings.warn(f"gradc cache folder {root} is not writable ({e.strerror}); using {fallback}")
+        os.makedirs(fallback, exist_ok=True)
+        return fallback
+
+
+def entry_ok(entry):
+    """Whether a cache entry is complete and unaltered (hashes in meta.json match the files)."""
+    try:
+        with open(os.path.join(entry, META)) as f:
+            meta = json.load(f)
+        for fname, digest in meta["files"].items():
+            if _sha256_file(os.path.join(entry, fname)) != digest:
+                return None
+        return meta
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def build(prog, dtype="float64", target="c", make_source=None):
+    """The cache entry (a folder) for ``prog``, compiling it on a miss.
+
+    ``make_source()`` is called only on a miss; it returns a ``Source`` and
+    the module metadata (a dict), so that a hit costs no differentiation.
+    Returns (entry folder, meta dict).
+    """
+    from .codegen.c import template_digest
+    key = cache_key(prog, dtype, target, template_digest())
+    root = _writable_root()
+    entry = os.path.join(root, f"{_safe(prog.name)}-{key[:24]}")
+    meta = entry_ok(entry) if os.path.isdir(entry) else None
+    if meta is not None:
+        return entry, meta
+    if os.path.isdir(entry):            # corrupt or truncated: move aside, rebuild
+        _discard(entry, root)
+    src, info = make_source()
+    tmp = tempfile.mkdtemp(prefix=".build-", dir=root)
+    try:
+        meta = _compile(src, info, key, tmp)
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            # another process published first: use its entry if it is good
+            other = entry_ok(entry)
+            if other is None:
+                _discard(entry, root)
+                os.rename(tmp, entry)
+            else:
+                meta = other
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return entry, meta
+
+
+def _safe(name):
+    from .codegen.names import ident
+    return ident(name, "model")
+
+
+def _discard(path, root):
+    trash = os.path.join(root, f".trash-{uuid.uuid4().hex}")
+    try:
+        os.rename(path, trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _compile(src, info, key, tmp):
+    from cffi import FFI
+    M = src.name
+    modname = f"_gradc_{M}_{key[:12]}"
+    with open(os.path.join(tmp, f"{M}.c"), "w") as f:
+        f.write(src.c)
+    with open(os.path.join(tmp, f"{M}.h"), "w") as f:
+        f.write(src.h)
+    ffi = FFI()
+    ffi.cdef(src.cdef)
+    ffi.set_source(modname, f'#include "{M}.h"')
+    wrapper = os.path.join(tmp, f"{modname}.c")
+    with contextlib.redirect_stdout(io.StringIO()):     # cffi announces "generating ..."
+        ffi.emit_c_code(wrapper)
+    so_name = modname + importlib.machinery.EXTENSION_SUFFIXES[0]
+    cc, _ = compiler()
+    link = ["-bundle", "-undefined", "dynamic_lookup"] if sys.platform == "darwin" else ["-shared"]
+    cmd = [cc, *FLAGS, *link, "-I", sysconfig.get_paths()["include"], "-I", tmp,
+           wrapper, os.path.join(tmp, f"{M}.c"), "-o", os.path.join(tmp, so_name), "-lm"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"the C compiler failed on model {M!r} (exit {proc.returncode}):\n"
+                         f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+    os.remove(wrapper)
+    files = {fn: _sha256_file(os.path.join(tmp, fn)) for fn in (f"{M}.c", f"{M}.h", so_name)}
+    meta = dict(info, key=key, module=modname, so=so_name, files=files, gradc=__version__)
+    with open(os.path.join(tmp, META), "w") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+    return meta
+
+
+_loaded = {}
+
+
+def load_extension(entry, meta):
+    """Import the compiled extension of a cache entry (or an output folder); returns its ``lib`` and ``ffi``."""
+    modname = meta["module"]
+    mod = _loaded.get(modname) or sys.modules.get(modname)
+    if mod is None:
+        path = os.path.join(entry, meta["so"])
+        spec = importlib.util.spec_from_file_location(modname, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        _loaded[modname] = mod
+    return mod.lib, mod.ffi

@@ -1,0 +1,391 @@
+"""Render a program and its gradient as one C99 translation unit and header.
+
+Python decides *what* each loop nest computes (statements whose right-hand
+sides are printed SymPy expressions); ``templates/c/*.j2`` decide how the
+code is laid out. Output is byte-identical from run to run.
+
+Example::
+
+    src = render(prog, differentiate(prog), "float64")
+    open("moons.c", "w").write(src.c)
+"""
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import jinja2
+import sympy as sp
+from sympy.codegen.ast import float32, real
+from sympy.printing.c import C99CodePrinter
+
+from ..autodiff import adjoint_symbol
+from ..ir import INT, read_symbol, reads
+from ..simplify import cse_block, live_stages
+from .names import Namer, ident
+
+DTYPES = {"float64": "double", "float32": "float"}
+
+
+@dataclass
+class Source:
+    name: str       # the C prefix of every symbol
+    c: str          # NAME.c
+    h: str          # NAME.h
+    cdef: str       # declarations for cffi
+    layout: dict    # offsets and sizes, for the Python module
+
+
+class Printer(C99CodePrinter):
+    """C99 printer that knows where each tensor lives.
+
+    ``where[name]`` is (pointer, shape, dtype); loop variables and temporaries
+    print under the names in ``names``.
+    """
+
+    def __init__(self, dtype, where, names, real_t):
+        settings = {"type_aliases": {real: float32}} if dtype == "float32" else {}
+        super().__init__(settings)
+        self.where = where
+        self.names = names
+        self.real_t = real_t
+        self.suffix = "f" if dtype == "float32" else ""
+
+    def flat(self, name, idx):
+        ptr, shape, _ = self.where[name]
+        if not shape:
+            return f"{ptr}[0]"
+        expr = ""
+        for d, e in enumerate(idx):
+            term = self.index(sp.sympify(e))
+            expr = term if d == 0 else f"({expr})*{shape[d]} + {term}"
+        return f"{ptr}[{expr}]"
+
+    def index(self, e):
+        if e.is_Integer:
+            return str(int(e))
+        if isinstance(e, sp.Indexed) or (isinstance(e, sp.Symbol) and e.name in self.where):
+            return self.read(e, cast=False)
+        return self._print(e)
+
+    def read(self, e, cast=True):
+        if isinstance(e, sp.Indexed):
+            name, idx = e.base.label.name, e.indices
+        else:
+            name, idx = e.name, ()
+        s = self.flat(name, idx)
+        if cast and self.where[name][2] == INT:
+            return f"(({self.real_t}){s})"
+        return s
+
+    def _print_Indexed(self, e):
+        return self.read(e)
+
+    def _print_Symbol(self, e):
+        if e in self.names:
+            return self.names[e]
+        if e.name in self.where:
+            return self.read(e)
+        raise KeyError(f"no C name for symbol {e}")
+
+    _print_Dummy = _print_Symbol
+
+    def _print_Pow(self, e):
+        b, x = e.args
+        if x.is_Integer and 2 <= int(x) <= 4:
+            f = self.parenthesize(b, 70)
+            return "(" + "*".join([f] * int(x)) + ")"
+        if x.is_Integer and -4 <= int(x) <= -2:
+            f = self.parenthesize(b, 70)
+            one = "1.0F" if self.suffix else "1.0"
+            return f"({one}/(" + "*".join([f] * -int(x)) + "))"
+        return super()._print_Pow(e)
+
+    def _print_Piecewise(self, e):
+        out = self._print(e.args[-1].expr)
+        if e.args[-1].cond != True:  # noqa: E712 (a SymPy boolean)
+            raise ValueError("a Piecewise needs a final (value, True) branch")
+        for val, cond in reversed(e.args[:-1]):
+            out = f"(({self._print(cond)}) ? ({self._print(val)}) : ({out}))"
+        return out
+
+    def _print_Sigmoid(self, e):
+        return f"gc_sigmoid{self.suffix}({self._print(e.args[0])})"
+
+    def _print_Softplus(self, e):
+        return f"gc_softplus{self.suffix}({self._print(e.args[0])})"
+
+    def _print_Max(self, e):
+        return self._minmax(e, ">")
+
+    def _print_Min(self, e):
+        return self._minmax(e, "<")
+
+    def _minmax(self, e, op):
+        # a ternary, not fmax: the value of the first argument wins ties, as
+        # in the derivative rule, and the code does not depend on libm's fmax
+        args = [self._print(a) for a in e.args]
+        out = args[-1]
+        for a in reversed(args[:-1]):
+            out = f"gc_{'max' if op == '>' else 'min'}{self.suffix}({a}, {out})"
+        return out
+
+
+_env = None
+
+
+def _templates():
+    global _env
+    if _env is None:
+        loader = jinja2.FunctionLoader(lambda n: resources.files("gradc.templates").joinpath(n).read_text())
+        _env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined,
+                                  trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    return _env
+
+
+def template_digest():
+    """A hash of the template texts (part of the cache key)."""
+    import hashlib
+    h = hashlib.sha256()
+    root = resources.files("gradc.templates").joinpath("c")
+    for name in sorted(p.name for p in root.iterdir() if p.name.endswith(".j2")):
+        h.update(name.encode() + root.joinpath(name).read_bytes())
+    return h.hexdigest()
+
+
+class _Builder:
+    def __init__(self, prog, grad, dtype):
+        self.prog, self.grad, self.dtype = prog, grad, dtype
+        self.real_t = DTYPES[dtype]
+        names = Namer(reserved=("n", "s", "params", "grad", "work", "ws", "loss", "inv_n", "acc"))
+        self.model = ident(prog.name, "model")
+        self.rt = self.model + "_real"
+        self.c = {t.name: names(t.name) for t in prog.tensors.values()}
+        self.layout = self._layout()
+
+    # ---- memory --------------------------------------------------------
+    def _layout(self):
+        prog = self.prog
+        off, params = 0, []
+        for t in prog.params:
+            params.append(dict(name=t.name, c=self.c[t.name], offset=off, size=t.size, shape=list(t.shape)))
+            off += t.size
+        stages = [s for s in prog.stages]
+        ws, values = 0, {}
+        for st in stages:
+            values[st.name] = ws
+            ws += prog.tensors[st.name].size
+        adj_stages = [a.stage.name for a in self.grad.adjoints]
+        sample_adj, batch_adj = {}, {}
+        sample_begin = ws
+        for n in adj_stages:
+            if prog.tensors[n].scope == "sample":
+                sample_adj[n] = ws
+                ws += prog.tensors[n].size
+        sample_end = batch_begin = ws
+        for n in adj_stages:
+            if prog.tensors[n].scope == "batch":
+                batch_adj[n] = ws
+                ws += prog.tensors[n].size
+        return dict(params=params, n_params=off, values=values, sample_adj=sample_adj,
+                    batch_adj=batch_adj, sample_adj_range=(sample_begin, sample_end),
+                    batch_adj_range=(batch_begin, ws), ws=ws)
+
+    def where(self):
+        """Where every tensor and adjoint lives inside a function body."""
+        prog, L = self.prog, self.layout
+        w = {}
+        for t in prog.tensors.values():
+            pre = {"param": "P_", "input": "X_", "target": "Y_", "stage": "V_"}[t.kind]
+            w[t.name] = (pre + self.c[t.name], t.shape, t.dtype)
+        for t in prog.params:
+            w[adjoint_symbol(t.name).name] = ("G_" + self.c[t.name], t.shape, t.dtype)
+        for n in list(L["sample_adj"]) + list(L["batch_adj"]):
+            t = prog.tensors[n]
+            w[adjoint_symbol(n).name] = ("D_" + self.c[n], t.shape, t.dtype)
+        return w
+
+    # ---- loop nests ----------------------------------------------------
+    def printer(self, loops):
+        names = {k: f"l{j}" for j, k in enumerate(loops)}
+        return Printer(self.dtype, self.where(), names, self.real_t), names
+
+    def _temps(self, printer, names, temps, red_vars):
+        """Split CSE temporaries into those that vary with the reduction loops and those that do not."""
+        inner, outer, varying = [], [], set(red_vars)
+        for sym, e in temps:
+            names[sym] = f"c{len(names)}" if sym not in names else names[sym]
+            if e.free_symbols & varying:
+                varying.add(sym)
+                inner.append(("decl", names[sym], printer.doprint(e)))
+            else:
+                outer.append(("decl", names[sym], printer.doprint(e)))
+        return outer, inner
+
+    def forward_nest(self, st):
+        t = self.prog.tensors[st.name]
+        red_vars = [k for k, _ in st.red]
+        pr, names = self.printer(list(st.idx) + red_vars)
+        loops = [(names[k], n) for k, n in zip(st.idx, t.shape)]
+        inner = [(names[k], n) for k, n in st.red]
+        if st.elements is not None:
+            temps, vals = cse_block(st.elements)
+            outer, _ = self._temps(pr, names, temps, [])
+            body = outer + [("set", pr.flat(st.name, _unflat(e, t.shape)), pr.doprint(v))
+                            for e, v in enumerate(vals)]
+            return dict(loops=[], pre=[], inner=[], body=body, post=[], comment=f"{self.c[st.name]} (unrolled)")
+        temps, (val,) = cse_block([st.body])
+        outer, inner_t = self._temps(pr, names, temps, red_vars)
+        target = pr.flat(st.name, st.idx)
+        if st.op == "assign":
+            return dict(loops=loops, pre=[], inner=[], body=outer + [("set", target, pr.doprint(val))],
+                        post=[], comment=self.c[st.name])
+        if st.op == "sum":
+            pre = outer + [("var", "acc", "0")]
+            body = inner_t + [("add", "acc", pr.doprint(val))]
+        else:
+            lowest = "-HUGE_VALF" if self.dtype == "float32" else "-HUGE_VAL"
+            pre = outer + [("var", "acc", lowest)]
+            body = inner_t + [("decl", "v", pr.doprint(val)), ("max", "acc", "v")]
+        return dict(loops=loops, pre=pre, inner=inner, body=body, post=[("set", target, "acc")],
+                    comment=f"{self.c[st.name]}: {st.op} over {len(inner)} loop(s)")
+
+    def backward_nest(self, adj):
+        st = adj.stage
+        t = self.prog.tensors[st.name]
+        red_vars = [k for k, _ in st.red]
+        pr, names = self.printer(list(st.idx) + red_vars)
+        temps, vals = cse_block([u.expr for u in adj.updates])
+        outer, inner_t = self._temps(pr, names, temps, red_vars)
+        stmts = [("add", pr.flat(adjoint_symbol(u.tensor).name, u.idx), pr.doprint(v))
+                 for u, v in zip(adj.updates, vals)]
+        if st.elements is not None:
+            return dict(loops=[], pre=[], inner=[], body=outer + stmts, post=[],
+                        comment=f"d/d {self.c[st.name]} (unrolled)")
+        loops = [(names[k], n) for k, n in zip(st.idx, t.shape)]
+        inner = [(names[k], n) for k, n in st.red]
+        if inner:
+            return dict(loops=loops, pre=outer, inner=inner, body=inner_t + stmts, post=[],
+                        comment=f"d/d {self.c[st.name]}")
+        return dict(loops=loops, pre=[], inner=[], body=outer + stmts, post=[], comment=f"d/d {self.c[st.name]}")
+
+    # ---- functions -----------------------------------------------------
+    def function(self, roots, backward):
+        prog = self.prog
+        live = live_stages(prog, roots)
+        batch = [s for s in live if s.scope == "batch"]
+        sample = [s for s in live if s.scope == "sample"]
+        f = dict(batch=[self.forward_nest(s) for s in batch], sample=[self.forward_nest(s) for s in sample])
+        used = set()
+        for st in live:
+            used.add(st.name)
+            for b in st.bodies():
+                used |= {n for n, _, _ in reads(b, prog.tensors)}
+        if backward:
+            adjs = self.grad.adjoints
+            f["sample_bwd"] = [self.backward_nest(a) for a in adjs if a.stage.scope == "sample"]
+            f["batch_bwd"] = [self.backward_nest(a) for a in adjs if a.stage.scope == "batch"]
+            for a in adjs:
+                used.add(a.stage.name)
+                used |= {u.tensor for u in a.updates}
+        f["used"] = used
+        return f
+
+    def decls(self, used, backward, outputs=()):
+        """Pointer declarations for the tensors a function touches, in a stable order."""
+        prog, L = self.prog, self.layout
+        per_call, per_sample = [], []
+        for p in L["params"]:
+            if p["name"] in used:
+                per_call.append(("const " + self.rt, "P_" + p["c"], f"params + {p['offset']}"))
+                if backward:
+                    per_call.append((self.rt, "G_" + p["c"], f"grad + {p['offset']}"))
+        for st in prog.stages:
+            if st.name in used or st.name in outputs:
+                per_call.append((self.rt, "V_" + self.c[st.name], f"ws + {L['values'][st.name]}"))
+        if backward:
+            for kind in ("sample_adj", "batch_adj"):
+                for n, off in L[kind].items():
+                    per_call.append((self.rt, "D_" + self.c[n], f"ws + {off}"))
+        for t in prog.inputs + prog.targets:
+            if t.name in used:
+                ct = "const int32_t" if t.dtype == INT else "const " + self.rt
+                pre = "X_" if t.kind == "input" else "Y_"
+                arg = ("in_" if t.kind == "input" else "tg_") + self.c[t.name]
+                per_sample.append((ct, pre + self.c[t.name], f"{arg} + (size_t)s * {t.size}"))
+        return per_call, per_sample
+
+    def int_checks(self, used):
+        out = []
+        for name, bound in self.prog.int_bounds.items():
+            t = self.prog.tensors[name]
+            if name in used:
+                out.append(dict(ptr=("X_" if t.kind == "input" else "Y_") + self.c[name], size=t.size, bound=bound))
+        return out
+
+    def args(self, kinds):
+        out = []
+        for t in self.prog.tensors.values():
+            if t.kind in kinds:
+                ct = "const int32_t" if t.dtype == INT else f"const {self.model}_real"
+                pre = "in_" if t.kind == "input" else "tg_"
+                out.append(dict(ctype=ct, arg=pre + self.c[t.name], name=self.c[t.name], kind=t.kind,
+                                size=t.size, shape=list(t.shape), dtype=t.dtype))
+        return out
+
+
+def render(prog, grad, dtype="float64"):
+    """Render ``prog`` (with its ``grad``) as C source, header and cffi cdef."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be float32 or float64, not {dtype!r}")
+    B = _Builder(prog, grad, dtype)
+    M = B.model
+    fwd = B.function(prog.outputs, backward=False)
+    lss = B.function([prog.loss, prog.reg], backward=False)
+    lg = B.function([prog.loss, prog.reg], backward=True)
+    outputs = [dict(name=B.c[o], size=prog.tensors[o].size, shape=list(prog.tensors[o].shape),
+                    value="V_" + B.c[o]) for o in prog.outputs]
+    loss_st = prog.stage(prog.loss)
+    c = lambda n: B.c[n]  # noqa: E731
+    extra = {"forward": ["V_" + o["name"] for o in outputs],
+             "loss": ["V_" + c(prog.loss)] + (["V_" + c(prog.reg)] if prog.reg else []),
+             "loss_grad": ["V_" + c(prog.loss), "D_" + c(prog.loss)]
+             + (["V_" + c(prog.reg), "D_" + c(prog.reg)] if prog.reg else [])}
+    ins = ["in_" + B.c[t.name] for t in prog.inputs]
+    tgs = ["tg_" + B.c[t.name] for t in prog.targets]
+    args = {"forward": ["params"] + ins + ["out_" + o["name"] for o in outputs],
+            "loss": ["params"] + ins + tgs + ["loss"],
+            "loss_grad": ["params"] + ins + tgs + ["loss", "grad"]}
+    funcs = {}
+    for key, f, backward, outs in (("forward", fwd, False, prog.outputs), ("loss", lss, False, ()),
+                                   ("loss_grad", lg, True, ())):
+        per_call, per_sample = B.decls(f["used"], backward, outs)
+        checks = B.int_checks(f["used"])
+        # declare exactly the pointers the statements use: no unused variables
+        text = [st[1] + " " + st[2] for k in ("batch", "sample", "sample_bwd", "batch_bwd")
+                for n in f.get(k, []) for part in ("pre", "body", "post") for st in n[part]]
+        used = set(re.findall(r"[A-Za-z_]\w*", " ".join(text))) | set(extra[key]) | {ch["ptr"] for ch in checks}
+        funcs[key] = dict(f, per_call=[d for d in per_call if d[1] in used],
+                          per_sample=[d for d in per_sample if d[1] in used], checks=checks, args=args[key])
+    ctx = dict(
+        M=M, MU=M.upper(), real=B.real_t, dtype=dtype,
+        inputs=B.args(("input",)), targets=B.args(("target",)), outputs=outputs,
+        params=B.layout["params"], n_params=B.layout["n_params"], ws=B.layout["ws"],
+        sample_adj=B.layout["sample_adj_range"], batch_adj=B.layout["batch_adj_range"],
+        loss="V_" + B.c[prog.loss], loss_adj="D_" + B.c[prog.loss], loss_per_sample=loss_st.scope == "sample",
+        reg=("V_" + B.c[prog.reg]) if prog.reg else None, reg_adj=("D_" + B.c[prog.reg]) if prog.reg else None,
+        f=funcs, suffix="f" if dtype == "float32" else "", lit=(lambda x: f"{x}F" if dtype == "float32" else x),
+    )
+    env = _templates()
+    c = env.get_template("c/model.c.j2").render(ctx)
+    h = env.get_template("c/model.h.j2").render(ctx)
+    cdef = env.get_template("c/cdef.j2").render(ctx)
+    layout = dict(B.layout, c_names=B.c, prefix=M)
+    return Source(M, c, h, cdef, layout)
+
+
+def _unflat(e, shape):
+    idx = []
+    for s in reversed(shape):
+        idx.append(sp.Integer(e % s))
+        e //= s
+    return tuple(reversed(idx))

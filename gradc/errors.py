@@ -1,0 +1,47 @@
+"""Errors that users see: each names the file, line or argument at fault."""
+import os
+import sys
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class GradcError(Exception):
+    """Base class of every error gradc raises on purpose."""
+
+
+class ModelError(GradcError):
+    """A model definition is wrong: the message says what, ``where`` says where.
+
+    Example::
+
+        raise ModelError("loss must be a scalar", where=("model.py", 12))
+    """
+
+    def __init__(self, message, where=None):
+        super().__init__(message)
+        self.message = message
+        self.where = where if where is not None else user_location()
+
+    def __str__(self):
+        if self.where:
+            return f"{self.where[0]}:{self.where[1]}: {self.message}"
+        return self.message
+
+
+class BuildError(GradcError):
+    """The C compiler failed; the message carries its output."""
+
+
+def user_location():
+    """The (file, line) of the innermost stack frame outside the gradc package.
+
+    Front-end calls record it so that an error found later, during lowering,
+    still points at the line of the model file that caused it.
+    """
+    f = sys._getframe(1)
+    while f is not None:
+        fn = os.path.abspath(f.f_code.co_filename)
+        if not fn.startswith(_PKG_DIR + os.sep) and "importlib" not in fn:
+            return (f.f_code.co_filename, f.f_lineno)
+        f = f.f_back
+    return None

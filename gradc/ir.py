@@ -1,0 +1,401 @@
+"""The IR: a model as a DAG of tensor stages in a loop-nest normal form.
+
+A ``Stage`` defines one tensor elementwise over its output indices ``idx``::
+
+    T[idx] = body                       (op "assign")
+    T[idx] = Sum over red of body       (op "sum")
+    T[idx] = Max over red of body       (op "max": a shift for stability, no gradient)
+
+where ``body`` holds no ``Sum`` and reads other tensors at affine indices (or
+at an int32 input, a gather). A tensor built from a SymPy Matrix is a stage
+with explicit ``elements`` instead (straight-line code).
+
+``lower(spec)`` turns the user's ``ModelSpec`` into a ``Program``: it applies
+the stability rewrites, checks every symbol, function, shape and index, and
+splits nested sums into their own reduction stages, so
+``relu(Sum(W[i,k]*x[k], k) + b[i])`` becomes ``z[i] = Sum_k W[i,k]*x[k]`` and
+``h[i] = Max(0, z[i] + b[i])``.
+
+Example::
+
+    prog = lower(model.spec())
+    for st in prog.stages:
+        print(st)
+"""
+import hashlib
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from .errors import ModelError
+from .functions import SUPPORTED_FUNCTIONS
+from .model import INT, REAL
+from .rewrite import is_log_sum_exp, stabilize
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    kind: str          # input | target | param | stage
+    shape: tuple
+    dtype: str = REAL
+    init: dict = None
+    scope: str = None  # "sample" (per sample) or "batch" (once per call)
+    where: tuple = None
+
+    @property
+    def size(self):
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass
+class Stage:
+    name: str
+    idx: tuple = ()
+    red: tuple = ()           # ((symbol, extent), ...)
+    op: str = "assign"        # assign | sum | max
+    body: sp.Expr = None
+    elements: list = None
+    scope: str = "sample"
+    where: tuple = None
+
+    @property
+    def grad(self):
+        return self.op != "max"
+
+    def bodies(self):
+        return list(self.elements) if self.elements is not None else [self.body]
+
+    def __str__(self):
+        lhs = f"{self.name}[{', '.join(map(str, self.idx))}]" if self.idx else self.name
+        if self.elements is not None:
+            return f"{self.name} = [{', '.join(map(str, self.elements))}]"
+        if self.red:
+            lim = ", ".join(f"{k}<{n}" for k, n in self.red)
+            return f"{lhs} = {self.op}_{{{lim}}} {self.body}"
+        return f"{lhs} = {self.body}"
+
+
+@dataclass
+class Program:
+    """A lowered model: tensors, stages in topological order, and what the loss is."""
+    name: str
+    tensors: dict
+    stages: list
+    loss: str
+    reg: str = None
+    outputs: list = field(default_factory=list)
+    int_bounds: dict = field(default_factory=dict)   # int32 input -> exclusive upper bound
+
+    def of_kind(self, kind):
+        return [t for t in self.tensors.values() if t.kind == kind]
+
+    @property
+    def params(self):
+        return self.of_kind("param")
+
+    @property
+    def inputs(self):
+        return self.of_kind("input")
+
+    @property
+    def targets(self):
+        return self.of_kind("target")
+
+    def stage(self, name):
+        return next(s for s in self.stages if s.name == name)
+
+    def canonical(self):
+        """A text that determines the generated code: the input of the cache key."""
+        lines = [f"model {self.name}"]
+        for t in self.tensors.values():
+            lines.append(f"tensor {t.name!r} {t.kind} {t.shape} {t.dtype} {sorted((t.init or {}).items())} {t.scope}")
+        for s in self.stages:
+            lines.append(f"stage {s.name!r} {s.op} {s.scope} {[k.name for k in s.idx]} "
+                         f"{[(k.name, n) for k, n in s.red]} "
+                         + (sp.srepr(s.body) if s.elements is None else str([sp.srepr(e) for e in s.elements])))
+        lines.append(f"loss {self.loss!r} reg {self.reg!r} outputs {self.outputs!r} bounds {sorted(self.int_bounds.items())}")
+        return "\n".join(lines)
+
+    def digest(self):
+        return hashlib.sha256(self.canonical().encode()).hexdigest()
+
+
+def read_symbol(t):
+    """The SymPy object a read of tensor ``t`` is built from."""
+    return sp.Symbol(t.name, **({"integer": True} if t.dtype == INT else {"real": True}))
+
+
+def reads(expr, tensors):
+    """The distinct tensor reads in ``expr``: a list of (tensor name, index tuple, read expression).
+
+    A rank-0 tensor is read as its Symbol, index ().
+    """
+    out, seen = [], set()
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, sp.Indexed):
+            key = node
+            name, idx = node.base.label.name, tuple(node.indices)
+        elif isinstance(node, sp.Symbol) and node.name in tensors and tensors[node.name].shape == () \
+                and node == read_symbol(tensors[node.name]):
+            key, name, idx = node, node.name, ()
+        else:
+            continue
+        if key not in seen:
+            seen.add(key)
+            out.append((name, idx, node))
+    return out
+
+
+class _Lowering:
+    def __init__(self, spec):
+        self.spec = spec
+        self.tensors = {}
+        for d in spec.decls.values():
+            scope = {"param": "batch", "input": "sample", "target": "sample"}.get(d.kind)
+            self.tensors[d.name] = TensorInfo(d.name, d.kind, d.shape, d.dtype, d.init, scope, d.where)
+        self.stages = []
+        self.int_bounds = {}
+        self.n_aux = 0
+
+    def fresh(self, base):
+        while True:
+            self.n_aux += 1
+            name = f"~{base}{self.n_aux}"
+            if name not in self.tensors:
+                return name
+
+    # ---- checks --------------------------------------------------------
+    def check_symbols(self, expr, bound, where, what):
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, sp.Sum):
+                for lim in node.limits:
+                    if len(lim) != 3:
+                        raise ModelError(f"in {what}: a Sum needs limits (k, lo, hi)", where)
+                    if lim[0].name in self.tensors:
+                        raise ModelError(f"in {what}: sum index {lim[0]} has the name of a tensor", where)
+                    for b in lim[1:]:
+                        if not sp.sympify(b).is_Integer:
+                            raise ModelError(f"in {what}: the limits of the sum over {lim[0]} must be integers, got {lim[1]}..{lim[2]}", where)
+            elif isinstance(node, sp.Indexed):
+                name = node.base.label.name
+                t = self.tensors.get(name)
+                if t is None:
+                    raise ModelError(f"in {what}: unknown tensor {name!r}", where)
+                if len(node.indices) != len(t.shape):
+                    raise ModelError(f"in {what}: {t.kind} {name!r} has shape {t.shape} but is read with {len(node.indices)} indices", where)
+            elif isinstance(node, sp.core.function.Application):
+                if node.func not in SUPPORTED_FUNCTIONS:
+                    raise ModelError(f"in {what}: unsupported function {node.func.__name__!r}; gradc compiles "
+                                     + ", ".join(sorted(f.__name__ for f in SUPPORTED_FUNCTIONS)), where)
+            elif node in (sp.nan, sp.zoo, sp.oo, -sp.oo) or node == sp.I:
+                raise ModelError(f"in {what}: {node} is not a real finite number", where)
+            elif isinstance(node, (sp.Integral, sp.Derivative, sp.Product, sp.Subs)):
+                raise ModelError(f"in {what}: unsupported construct {type(node).__name__}", where)
+        sums_bound, labels = set(), set()
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, sp.Sum):
+                sums_bound |= {lim[0] for lim in node.limits}
+            elif isinstance(node, sp.Indexed):
+                labels.add(node.base.label)
+        for s in expr.free_symbols | sums_bound:
+            if not isinstance(s, sp.Symbol) or s in bound or s in sums_bound or s in labels:
+                continue
+            t = self.tensors.get(s.name)
+            if t is not None and s == read_symbol(t):
+                if t.shape != ():
+                    raise ModelError(f"in {what}: {t.kind} {s.name!r} has shape {t.shape}; index it", where)
+                continue
+            hint = f" (a tensor {s.name!r} exists: use the object gradc returned for it)" if t is not None else ""
+            raise ModelError(f"in {what}: unknown symbol {s.name!r}{hint}", where)
+
+    def check_index(self, name, idx, ranges, where, what):
+        t = self.tensors[name]
+        for d, (e, n) in enumerate(zip(idx, t.shape)):
+            e = sp.sympify(e)
+            src = self._int_source(e)
+            if src is not None:
+                self.int_bounds[src] = min(self.int_bounds.get(src, n), n)
+                continue
+            lo = hi = 0
+            for term, coeff in e.as_coefficients_dict().items():
+                if not sp.sympify(coeff).is_Integer:
+                    raise ModelError(f"in {what}: index {e} of {name!r} must have integer coefficients", where)
+                c = int(coeff)
+                if term == 1:
+                    lo += c
+                    hi += c
+                elif term in ranges:
+                    a, b = c * 0, c * (ranges[term] - 1)
+                    lo += min(a, b)
+                    hi += max(a, b)
+                else:
+                    raise ModelError(f"in {what}: index {e} of {name!r} must be an affine function of loop "
+                                     f"indices or an int32 input", where)
+            if lo < 0 or hi >= n:
+                raise ModelError(f"in {what}: index {e} of {t.kind} {name!r} runs over {lo}..{hi}, "
+                                 f"outside dimension {d} of size {n}", where)
+
+    def _int_source(self, e):
+        if isinstance(e, sp.Symbol) and e.name in self.tensors:
+            t = self.tensors[e.name]
+            if t.dtype == INT and t.kind in ("input", "target") and t.shape == ():
+                return t.name
+        if isinstance(e, sp.Indexed):
+            t = self.tensors.get(e.base.label.name)
+            if t is not None and t.dtype == INT and t.kind in ("input", "target"):
+                return t.name
+        return None
+
+    # ---- splitting -----------------------------------------------------
+    def add_def(self, name, shape, idx, body, elements, op, red, where, what):
+        info = self.tensors.setdefault(name, TensorInfo(name, "stage", shape, REAL, None, None, where))
+        info.where = where
+        if elements is not None:
+            els = []
+            for e in elements:
+                e = stabilize(e)
+                self.check_symbols(e, set(), where, what)
+                els.append(self.split(e, [], {}, where, what))
+            self.push(Stage(name, (), (), "assign", None, els, where=where))
+            return
+        body = stabilize(body)
+        loops = dict(zip(idx, shape))
+        self.check_symbols(body, set(idx) | {k for k, _ in red}, where, what)
+        if red:
+            loops.update(dict(red))
+            self.push(Stage(name, tuple(idx), tuple(red), op,
+                            self.split(body, list(idx) + [k for k, _ in red], loops, where, what), where=where))
+            return
+        if isinstance(body, sp.Sum):
+            red, summand = self.limits(body, where, what)
+            loops.update(dict(red))
+            self.push(Stage(name, tuple(idx), tuple(red), "sum",
+                            self.split(summand, list(idx) + [k for k, _ in red], loops, where, what), where=where))
+            return
+        self.push(Stage(name, tuple(idx), (), "assign", self.split(body, list(idx), loops, where, what), where=where))
+
+    def limits(self, s, where, what):
+        """The reduction loops of ``Sum`` s, shifted to start at 0, and its summand."""
+        summand, red = s.function, []
+        for k, lo, hi in s.limits:
+            lo, hi = int(lo), int(hi)
+            if hi < lo:
+                raise ModelError(f"in {what}: empty sum over {k} ({lo}..{hi})", where)
+            if lo != 0:
+                summand = summand.xreplace({k: k + lo})
+            red.append((k, hi - lo + 1))
+        return red, summand
+
+    def split(self, expr, order, loops, where, what):
+        """Replace every Sum in ``expr`` by a read of a new reduction stage."""
+        def visit(e):
+            if is_log_sum_exp(e) and not self.shifted(e):
+                return visit(self.log_sum_exp(e, order, loops, where, what))
+            if isinstance(e, sp.Sum):
+                red, summand = self.limits(e, where, what)
+                inner_loops = dict(loops)
+                inner_loops.update(dict(red))
+                inner = self.split(summand, order + [k for k, _ in red], inner_loops, where, what)
+                free = [v for v in order if v in inner.free_symbols]
+                return self.new_stage(free, loops, red, "sum", inner, where)
+            if not e.args or isinstance(e, sp.Indexed):
+                return e
+            new = [visit(a) for a in e.args]
+            return e.func(*new) if any(a is not b for a, b in zip(new, e.args)) else e
+        return visit(expr)
+
+    def shifted(self, e):
+        """Whether log(Sum(exp(u))) already subtracts a max stage from u (the stable form)."""
+        u = e.args[0].function.args[0]
+        names = {r.base.label.name if isinstance(r, sp.Indexed) else r.name
+                 for r in u.atoms(sp.Indexed, sp.Symbol)}
+        return any(n in self.tensors and self.max_stage(n) for n in names)
+
+    def max_stage(self, name):
+        return any(st.name == name and st.op == "max" for st in self.stages)
+
+    def log_sum_exp(self, e, order, loops, where, what):
+        # log(Sum(exp(u))) = m + log(Sum(exp(u - m))), m = max(u): finite for any u
+        red, summand = self.limits(e.args[0], where, what)
+        u = summand.args[0]
+        inner_loops = dict(loops)
+        inner_loops.update(dict(red))
+        u_split = self.split(u, order + [k for k, _ in red], inner_loops, where, what)
+        free = [v for v in order if v in u_split.free_symbols]
+        mx = self.new_stage(free, loops, red, "max", u_split, where)
+        lim = [(k, 0, n - 1) for k, n in red]
+        return mx + sp.log(sp.Sum(sp.exp(u_split - mx), *lim))
+
+    def new_stage(self, free, loops, red, op, body, where):
+        name = self.fresh("r" if op == "sum" else "m")
+        shape = tuple(loops[v] for v in free)
+        # fresh output indices keep every stage's loop variables its own
+        idx = tuple(sp.Symbol(f"{v.name}.{name[1:]}", integer=True) for v in free)
+        body = body.xreplace(dict(zip(free, idx)))
+        self.tensors[name] = TensorInfo(name, "stage", shape, REAL, None, None, where)
+        self.push(Stage(name, idx, tuple(red), op, body, where=where))
+        read = sp.IndexedBase(sp.Symbol(name, real=True))[tuple(free)] if free else sp.Symbol(name, real=True)
+        return read
+
+    def push(self, st):
+        t = self.tensors[st.name]
+        for k in list(st.idx) + [k for k, _ in st.red]:
+            if k.name in self.tensors:
+                raise ModelError(f"in tensor {st.name!r}: index {k.name!r} has the name of a tensor", st.where)
+        ranges = dict(zip(st.idx, t.shape))
+        ranges.update(dict(st.red))
+        scope = "batch"
+        for b in st.bodies():
+            for name, idx, _ in reads(b, self.tensors):
+                self.check_index(name, idx, ranges, st.where, f"tensor {st.name!r}")
+                if self.tensors[name].scope == "sample":
+                    scope = "sample"
+        st.scope = t.scope = scope
+        self.stages.append(st)
+
+
+def _deps(prog):
+    """For each stage, the set of leaf tensors (inputs, targets, params) it depends on."""
+    deps = {}
+    for st in prog.stages:
+        d = set()
+        for b in st.bodies():
+            for name, _, _ in reads(b, prog.tensors):
+                d |= deps.get(name, {name})
+        deps[st.name] = d
+    return deps
+
+
+def lower(spec):
+    """Lower a ``ModelSpec`` to a checked ``Program``; raises ``ModelError`` naming the line at fault."""
+    L = _Lowering(spec)
+    for d in spec.defs:
+        L.add_def(d.name, d.shape, d.idx, d.body, d.elements, d.op or "assign", d.red, d.where,
+                  f"tensor {d.name!r}")
+    loss = L.fresh("loss")
+    L.add_def(loss, (), (), spec.loss, None, "assign", (), spec.loss_where, "the loss")
+    reg = None
+    if spec.reg:
+        reg = L.fresh("reg")
+        L.add_def(reg, (), (), sp.Add(*[e for e, _ in spec.reg]), None, "assign", (), spec.reg[0][1],
+                  "the regularization")
+    prog = Program(spec.name, L.tensors, L.stages, loss, reg, list(spec.outputs), L.int_bounds)
+    deps = _deps(prog)
+    if reg is not None:
+        for e, where in spec.reg:
+            bad = [n for n in sorted(deps[reg]) if prog.tensors[n].kind != "param"]
+            if bad:
+                raise ModelError(f"regularization may use parameters only, but it reads "
+                                 f"{prog.tensors[bad[0]].kind} {bad[0]!r}", where)
+    for o in prog.outputs:
+        bad = [n for n in sorted(deps.get(o, ())) if prog.tensors[n].kind == "target"]
+        if bad:
+            raise ModelError(f"output {o!r} depends on target {bad[0]!r}; outputs may use inputs and parameters only",
+                             prog.tensors[o].where)
+    if not any(prog.tensors[n].kind == "param" for n in deps[loss] | (deps[reg] if reg else set())):
+        raise ModelError("the loss depends on no parameter: nothing to train", spec.loss_where)
+    return prog

@@ -1,0 +1,436 @@
+"""The front end: a model for one sample, written in SymPy.
+
+A ``Model`` collects declarations (inputs, targets, parameters), tensor
+definitions, named outputs, a per-sample loss and parameter-only
+regularization. Nothing here differentiates or generates code: lowering to
+stages happens in ``gradc.ir``.
+
+Two styles, both first-class:
+
+* scalar SymPy: a rank-0 declaration returns a plain ``sympy.Symbol``;
+  ``W.M`` turns a declared tensor into a ``sympy.Matrix`` of its elements;
+* index level: ``W[i, k]`` is a ``sympy.Indexed`` read, reductions are
+  ``sp.Sum``, and ``W @ x + b`` builds such bodies for you.
+
+Example::
+
+    m = Model("tiny")
+    x, y = m.input("x", 2), m.target("y")
+    W, b = m.param("W", (1, 2), init=gc.init.uniform(-1, 1)), m.param("b", 1)
+    score = m.output("score", (W @ x + b)[0])
+    m.loss((score - y) ** 2)
+"""
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from . import init as _init
+from .errors import ModelError, user_location
+
+REAL, INT = "real", "int32"
+_DTYPES = {"real": REAL, "float": REAL, "float32": REAL, "float64": REAL,
+           "int": INT, "int32": INT}
+
+_current = [None]
+
+
+def current_model():
+    """The model most recently created (used by helpers given only SymPy expressions)."""
+    if _current[0] is None:
+        raise ModelError("no gradc.Model has been created yet")
+    return _current[0]
+
+
+@dataclass
+class Decl:
+    """A tensor the model names: an input, target, parameter or defined tensor."""
+    name: str
+    kind: str                  # "input" | "target" | "param" | "stage"
+    shape: tuple
+    dtype: str = REAL
+    init: dict = None
+    where: tuple = None
+
+
+@dataclass
+class Def:
+    """A tensor definition as the user wrote it (before splitting into stages).
+
+    ``body`` is a SymPy expression in the index symbols ``idx`` (one per
+    dimension of ``shape``); or, for a tensor built from a SymPy Matrix,
+    ``elements`` lists one scalar expression per element in row-major order.
+    ``op == "max"`` marks a max-reduction over ``red`` (used as a
+    stabilizing shift; it carries no gradient).
+    """
+    name: str
+    shape: tuple
+    idx: tuple = ()
+    body: sp.Expr = None
+    elements: list = None
+    op: str = None
+    red: tuple = ()
+    where: tuple = None
+
+
+@dataclass
+class ModelSpec:
+    """Everything the user declared, in declaration order; input to ``gradc.ir.lower``."""
+    name: str
+    decls: dict
+    defs: list
+    outputs: list
+    loss: sp.Expr
+    loss_where: tuple
+    reg: list = field(default_factory=list)
+
+
+def _shape(shape, what):
+    if shape is None:
+        return ()
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ModelError(f"shape of {what} must be an int or a tuple of ints, not {shape!r}")
+    for d in shape:
+        if not isinstance(d, int) or isinstance(d, bool) or d < 1:
+            raise ModelError(f"shape of {what} must hold positive ints, got {shape!r}")
+    return shape
+
+
+class TensorExpr:
+    """A lazily indexed tensor expression: ``shape`` plus a function from
+    index expressions to a SymPy expression. Elementwise arithmetic composes
+    the functions; ``@`` builds an ``sp.Sum``."""
+
+    def __init__(self, model, shape, fn):
+        self.model = model
+        self.shape = tuple(shape)
+        self.fn = fn
+
+    @property
+    def rank(self):
+        return len(self.shape)
+
+    def __getitem__(self, idx):
+        if not isinstance(idx, tuple):
+            idx = (idx,)
+        if len(idx) != self.rank:
+            raise ModelError(f"{self._label()} has rank {self.rank} but was indexed with {len(idx)} indices")
+        idx = tuple(sp.sympify(i) for i in idx)
+        for d, (i, n) in enumerate(zip(idx, self.shape)):
+            if i.is_Integer and not 0 <= int(i) < n:
+                raise ModelError(f"index {i} out of range for dimension {d} of {self._label()} (size {n})")
+        return self.fn(*idx)
+
+    def _label(self):
+        return "tensor expression of shape %s" % (self.shape,)
+
+    def map(self, f):
+        """Apply ``f`` (SymPy expr -> SymPy expr) to every element: ``h = z.map(sp.tanh)``."""
+        return TensorExpr(self.model, self.shape, lambda *i: f(self.fn(*i)))
+
+    # elementwise arithmetic, with rank-0 operands broadcast
+    def _zip(self, other, f, opname):
+        if isinstance(other, TensorExpr):
+            if other.shape == self.shape:
+                return TensorExpr(self.model, self.shape, lambda *i: f(self.fn(*i), other.fn(*i)))
+            if other.rank == 0:
+                return TensorExpr(self.model, self.shape, lambda *i: f(self.fn(*i), other.fn()))
+            if self.rank == 0:
+                return TensorExpr(self.model, other.shape, lambda *i: f(self.fn(), other.fn(*i)))
+            raise ModelError(f"mismatched shapes for {opname}: {self.shape} and {other.shape}")
+        if isinstance(other, sp.MatrixBase):
+            raise ModelError(f"cannot combine a tensor of shape {self.shape} with a sympy Matrix; use T.M for matrix style")
+        try:
+            o = sp.sympify(other)
+        except (sp.SympifyError, TypeError):
+            return NotImplemented
+        return TensorExpr(self.model, self.shape, lambda *i: f(self.fn(*i), o))
+
+    def __add__(self, o): return self._zip(o, lambda a, b: a + b, "+")
+    def __radd__(self, o): return self._zip(o, lambda a, b: b + a, "+")
+    def __sub__(self, o): return self._zip(o, lambda a, b: a - b, "-")
+    def __rsub__(self, o): return self._zip(o, lambda a, b: b - a, "-")
+    def __mul__(self, o): return self._zip(o, lambda a, b: a * b, "*")
+    def __rmul__(self, o): return self._zip(o, lambda a, b: b * a, "*")
+    def __truediv__(self, o): return self._zip(o, lambda a, b: a / b, "/")
+    def __rtruediv__(self, o): return self._zip(o, lambda a, b: b / a, "/")
+    def __pow__(self, o): return self._zip(o, lambda a, b: a ** b, "**")
+    def __rpow__(self, o): return self._zip(o, lambda a, b: b ** a, "**")
+    def __neg__(self): return self.map(lambda a: -a)
+    def __pos__(self): return self
+
+    @property
+    def T(self):
+        """The transpose of a rank-2 tensor expression."""
+        if self.rank != 2:
+            raise ModelError(f".T needs rank 2, got shape {self.shape}")
+        return TensorExpr(self.model, self.shape[::-1], lambda i, j: self.fn(j, i))
+
+    def __matmul__(self, other):
+        if not isinstance(other, TensorExpr):
+            return NotImplemented
+        return self.model._matmul(self, other)
+
+    def sum(self):
+        """The sum of all elements, as a SymPy expression (``sp.Sum``)."""
+        idx = [self.model._fresh_index() for _ in self.shape]
+        if not idx:
+            return self.fn()
+        return sp.Sum(self.fn(*idx), *[(k, 0, n - 1) for k, n in zip(idx, self.shape)])
+
+    def __iter__(self):
+        raise TypeError("tensor expressions are not iterable; index them (T[i]) or use T.M")
+
+    def __repr__(self):
+        return f"<gradc {self._label()}>"
+
+
+class Tensor(TensorExpr):
+    """A named tensor of a model: ``W[i, k]`` is a ``sympy.Indexed`` read."""
+
+    def __init__(self, model, decl):
+        self.decl = decl
+        assumptions = {"integer": True} if decl.dtype == INT else {"real": True}
+        self.base = sp.IndexedBase(sp.Symbol(decl.name, **assumptions))
+        if decl.shape == ():
+            super().__init__(model, (), lambda: self.base.label)
+        else:
+            super().__init__(model, decl.shape, lambda *i: self.base[i])
+
+    @property
+    def name(self):
+        return self.decl.name
+
+    def _label(self):
+        return f"{self.decl.kind} {self.decl.name!r} of shape {self.shape}"
+
+    @property
+    def M(self):
+        """The elements as a ``sympy.Matrix`` (a vector becomes a column)."""
+        if self.rank == 1:
+            return sp.Matrix([self.base[i] for i in range(self.shape[0])])
+        if self.rank == 2:
+            return sp.Matrix(self.shape[0], self.shape[1], lambda i, j: self.base[i, j])
+        raise ModelError(f".M needs rank 1 or 2, got shape {self.shape}")
+
+    def __repr__(self):
+        return f"<gradc {self._label()}>"
+
+
+class Model:
+    """A model for one sample. See the module docstring for an example."""
+
+    def __init__(self, name):
+        if not isinstance(name, str) or not name:
+            raise ModelError("a model needs a non-empty name")
+        self.name = name
+        self.decls = {}
+        self.defs = []
+        self.outputs = []
+        self._loss = None
+        self._loss_where = None
+        self._reg = []
+        self._n_auto = 0
+        self._n_index = 0
+        self.where = user_location()
+        _current[0] = self
+
+    # ---- declarations -------------------------------------------------
+    def _declare(self, name, kind, shape, dtype=REAL, init=None):
+        if not isinstance(name, str) or not name:
+            raise ModelError(f"a {kind} needs a non-empty string name, got {name!r}")
+        if name in self.decls:
+            raise ModelError(f"name {name!r} is already used by the {self.decls[name].kind} declared at line {self.decls[name].where[1] if self.decls[name].where else '?'}")
+        decl = Decl(name, kind, _shape(shape, f"{kind} {name!r}"), dtype, init, user_location())
+        self.decls[name] = decl
+        t = Tensor(self, decl)
+        if decl.shape == ():
+            return t.base.label
+        return t
+
+    def _dtype(self, dtype, what):
+        if dtype not in _DTYPES:
+            raise ModelError(f"dtype of {what} must be 'real' or 'int32', not {dtype!r}")
+        return _DTYPES[dtype]
+
+    def input(self, name, shape=(), dtype="real"):
+        """A per-sample input: ``x = m.input("x", 784)``; ids: ``u = m.input("user", dtype="int32")``.
+
+        A rank-0 input is returned as a ``sympy.Symbol``; others as a ``Tensor``.
+        An int32 input may index a tensor (an embedding row ``E[u, k]``).
+        """
+        return self._declare(name, "input", shape, self._dtype(dtype, f"input {name!r}"))
+
+    def target(self, name, shape=(), dtype="real"):
+        """A per-sample target: ``y = m.target("y")``; class labels: ``m.target("label", dtype="int32")``."""
+        return self._declare(name, "target", shape, self._dtype(dtype, f"target {name!r}"))
+
+    def param(self, name, shape=(), init=None):
+        """A trainable parameter: ``W = m.param("W", (16, 2), init=gc.init.uniform(-1, 1))``."""
+        try:
+            spec = _init.as_spec(init)
+        except TypeError as e:
+            raise ModelError(f"parameter {name!r}: {e}")
+        return self._declare(name, "param", shape, REAL, spec)
+
+    def tensor(self, name):
+        """The handle of a declared tensor, by name."""
+        d = self.decls[name]
+        t = Tensor(self, d)
+        return t.base.label if d.shape == () else t
+
+    # ---- definitions --------------------------------------------------
+    def _fresh_index(self):
+        self._n_index += 1
+        return sp.Symbol(f"i.{self._n_index}", integer=True)
+
+    def _auto_name(self):
+        self._n_auto += 1
+        return f"~{self._n_auto}"
+
+    def define(self, name, shape, body=None):
+        """Define an intermediate tensor, elementwise over its indices.
+
+        ``body`` is a callable of one index symbol per dimension, a
+        ``TensorExpr`` of the same shape, a ``sympy.Matrix``, a list of
+        scalar expressions, or (shape ``()``) a scalar expression::
+
+            k = gc.index("k")
+            z = m.define("z", 256, lambda i: sp.Sum(W1[i, k] * x[k], (k, 0, 783)) + b1[i])
+        """
+        if body is None:           # define(name, body): shape taken from the body
+            shape, body = None, shape
+        where = user_location()
+        if shape is None:
+            shape = _infer_shape(body)
+        shape = _shape(shape, f"tensor {name!r}")
+        d = Def(name, shape, where=where)
+        if isinstance(body, TensorExpr):
+            if body.shape != shape:
+                raise ModelError(f"tensor {name!r} declared with shape {shape} but its body has shape {body.shape}")
+            d.idx = tuple(self._fresh_index() for _ in shape)
+            d.body = sp.sympify(body.fn(*d.idx))
+        elif isinstance(body, sp.MatrixBase) or isinstance(body, (list, tuple)):
+            els = list(body) if not isinstance(body, sp.MatrixBase) else list(body)
+            n = 1
+            for s in shape:
+                n *= s
+            if len(els) != n:
+                raise ModelError(f"tensor {name!r} has shape {shape} ({n} elements) but {len(els)} expressions were given")
+            d.elements = [_scalar(e, f"element of {name!r}") for e in els]
+        elif callable(body) and not isinstance(body, sp.Basic):
+            d.idx = tuple(self._fresh_index() for _ in shape)
+            d.body = _scalar(body(*d.idx), f"body of {name!r}")
+        else:
+            if shape != ():
+                raise ModelError(f"tensor {name!r} has shape {shape}; give a callable of its indices, not a scalar")
+            d.body = _scalar(body, f"body of {name!r}")
+        decl = self._declare(name, "stage", shape)
+        self.defs.append(d)
+        return decl
+
+    def materialize(self, te):
+        """``te`` as a named tensor (defining an intermediate one when needed)."""
+        if isinstance(te, Tensor):
+            return te
+        name = self._auto_name()
+        self.define(name, te.shape, te if te.shape else te.fn())
+        return Tensor(self, self.decls[name])
+
+    def _max_over(self, te):
+        """A stop-gradient max over all elements of ``te`` (a stabilizing shift)."""
+        t = self.materialize(te)
+        idx = tuple(self._fresh_index() for _ in t.shape)
+        name = self._auto_name()
+        d = Def(name, (), body=t.fn(*idx), op="max",
+                red=tuple((k, n) for k, n in zip(idx, t.shape)), where=user_location())
+        sym = self._declare(name, "stage", ())
+        self.defs.append(d)
+        return sym
+
+    def _matmul(self, a, b):
+        if a.rank not in (1, 2) or b.rank not in (1, 2):
+            raise ModelError(f"@ needs operands of rank 1 or 2, got shapes {a.shape} and {b.shape}")
+        if a.shape[-1] != b.shape[0]:
+            raise ModelError(f"mismatched shapes for @: {a.shape} @ {b.shape} (inner sizes {a.shape[-1]} and {b.shape[0]} differ)")
+        A, B = self.materialize(a), self.materialize(b)
+        K = a.shape[-1]
+        k = self._fresh_index()
+        shape = a.shape[:-1] + b.shape[1:]
+        if a.rank == 2 and b.rank == 2:
+            fn = lambda i, j: sp.Sum(A.fn(i, k) * B.fn(k, j), (k, 0, K - 1))
+        elif a.rank == 2:
+            fn = lambda i: sp.Sum(A.fn(i, k) * B.fn(k), (k, 0, K - 1))
+        elif b.rank == 2:
+            fn = lambda j: sp.Sum(A.fn(k) * B.fn(k, j), (k, 0, K - 1))
+        else:
+            fn = lambda: sp.Sum(A.fn(k) * B.fn(k), (k, 0, K - 1))
+        return TensorExpr(self, shape, fn)
+
+    def output(self, name, expr):
+        """A named output, returned by ``forward``: ``score = m.output("score", (W3 @ h + b3)[0])``.
+
+        Returns a ``sympy.Symbol`` for a scalar output (usable in the loss), else a ``Tensor``.
+        """
+        h = self.define(name, None, expr)
+        self.outputs.append(name)
+        return h
+
+    def loss(self, expr):
+        """The per-sample loss, a scalar; the batch mean is implicit: ``m.loss(sp.Max(0, 1 - y * score))``."""
+        if self._loss is not None:
+            raise ModelError("the loss is already set; add terms into one expression")
+        self._loss_where = user_location()
+        self._loss = _scalar(expr, "the loss")
+
+    def regularize(self, expr):
+        """A term added once per batch, over parameters only: ``m.regularize(1e-4 * gc.sum_squares(W1, b1))``."""
+        self._reg.append((_scalar(expr, "a regularization term"), user_location()))
+
+    def spec(self):
+        """The declarations as a ``ModelSpec`` for lowering."""
+        if self._loss is None:
+            raise ModelError(f"model {self.name!r} has no loss: call m.loss(expr)", where=self.where)
+        return ModelSpec(self.name, dict(self.decls), list(self.defs), list(self.outputs),
+                         self._loss, self._loss_where, list(self._reg))
+
+    def __repr__(self):
+        return f"<gradc.Model {self.name!r}: {len(self.decls)} tensors>"
+
+
+def _infer_shape(body):
+    if isinstance(body, TensorExpr):
+        return body.shape
+    if isinstance(body, sp.MatrixBase):
+        r, c = body.shape
+        return (r,) if c == 1 else (r, c)
+    if isinstance(body, (list, tuple)):
+        return (len(body),)
+    return ()
+
+
+def _scalar(expr, what):
+    """``expr`` as a scalar SymPy expression, or a ModelError naming ``what``."""
+    if isinstance(expr, TensorExpr):
+        if expr.rank == 0:
+            return sp.sympify(expr.fn())
+        raise ModelError(f"{what} must be a scalar, but it is a tensor of shape {expr.shape}")
+    if isinstance(expr, sp.MatrixBase):
+        if expr.shape == (1, 1):
+            return expr[0, 0]
+        raise ModelError(f"{what} must be a scalar, but it is a Matrix of shape {expr.shape}")
+    try:
+        e = sp.sympify(expr)
+    except (sp.SympifyError, TypeError):
+        raise ModelError(f"{what} must be a SymPy expression, not {type(expr).__name__}")
+    if not isinstance(e, sp.Expr):
+        raise ModelError(f"{what} must be a scalar SymPy expression, not {type(e).__name__}")
+    return e
+
+
+def index(name):
+    """An index symbol for sums and definitions: ``k = gc.index("k")``."""
+    return sp.Symbol(name, integer=True)

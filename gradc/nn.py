@@ -1,0 +1,158 @@
+"""Helpers for the usual pieces of a model: thin builders of SymPy expressions.
+
+Each works on a SymPy scalar expression, on a ``sympy.Matrix`` (elementwise)
+and on a tensor expression (lazily, elementwise). Nothing here is special to
+the compiler: writing ``sp.Max(0, z)`` instead of ``relu(z)`` gives the same
+code.
+
+Example::
+
+    h = gc.relu(W1 @ x + b1)
+    m.loss(gc.softmax_cross_entropy(W2 @ h + b2, label))
+"""
+import sympy as sp
+
+from .functions import Sigmoid, Softplus
+from .model import ModelError, Tensor, TensorExpr, current_model
+
+
+def elementwise(f):
+    """Lift a scalar SymPy function to tensors and matrices: ``gelu = elementwise(lambda x: ...)``."""
+    def apply(x):
+        if isinstance(x, TensorExpr):
+            return x.map(f)
+        if isinstance(x, sp.MatrixBase):
+            return x.applyfunc(f)
+        return f(sp.sympify(x))
+    apply.__doc__ = f.__doc__
+    return apply
+
+
+relu = elementwise(lambda x: sp.Max(0, x))
+relu.__doc__ = "max(0, x); relu'(0) = 0 as in PyTorch."
+tanh = elementwise(sp.tanh)
+exp = elementwise(sp.exp)
+log = elementwise(sp.log)
+sqrt = elementwise(sp.sqrt)
+abs = elementwise(sp.Abs)
+sigmoid = elementwise(Sigmoid)
+sigmoid.__doc__ = "1 / (1 + exp(-x)), evaluated stably."
+softplus = elementwise(Softplus)
+softplus.__doc__ = "log(1 + exp(x)), evaluated stably."
+
+
+def dense(x, W, b=None):
+    """``W @ x + b`` with W stored as (fan_out, fan_in)."""
+    z = W @ x
+    return z if b is None else z + b
+
+
+def _model_of(*xs):
+    for x in xs:
+        if isinstance(x, TensorExpr):
+            return x.model
+    return current_model()
+
+
+def _as_tensor_expr(x, what):
+    if isinstance(x, TensorExpr):
+        return x
+    if isinstance(x, (sp.MatrixBase, list, tuple)):
+        m = current_model()
+        els = list(x)
+        return m.materialize(TensorExpr(m, (len(els),), lambda i: _pick(els, i)))
+    raise ModelError(f"{what} must be a tensor expression, a Matrix or a list, not {type(x).__name__}")
+
+
+def _pick(els, i):
+    # only reached with a concrete index: Matrix-style tensors are unrolled
+    if not i.is_Integer:
+        return sp.Piecewise(*[(e, sp.Eq(i, k)) for k, e in enumerate(els)])
+    return els[int(i)]
+
+
+def logsumexp(z):
+    """log(sum(exp(z))) with the max subtracted, so a logit of 1000 stays finite."""
+    z = _as_tensor_expr(z, "logsumexp's argument")
+    if z.rank != 1:
+        raise ModelError(f"logsumexp needs a vector, got shape {z.shape}")
+    m = z.model
+    Z = m.materialize(z)
+    mx = m._max_over(Z)
+    j = m._fresh_index()
+    return mx + sp.log(sp.Sum(sp.exp(Z.fn(j) - mx), (j, 0, Z.shape[0] - 1)))
+
+
+def log_softmax(z):
+    """z - logsumexp(z), elementwise, as a tensor expression."""
+    z = _as_tensor_expr(z, "log_softmax's argument")
+    Z = z.model.materialize(z)
+    lse = logsumexp(Z)
+    return Z.map(lambda e: e - lse)
+
+
+def softmax(z):
+    """exp(z - logsumexp(z)), as a tensor expression."""
+    return log_softmax(z).map(sp.exp)
+
+
+def softmax_cross_entropy(logits, label):
+    """-log softmax(logits)[label] for an int32 class label, or
+    -sum(p * log softmax(logits)) for a vector of target probabilities."""
+    z = _as_tensor_expr(logits, "the logits")
+    Z = z.model.materialize(z)
+    lse = logsumexp(Z)
+    if isinstance(label, TensorExpr):
+        if label.shape != Z.shape:
+            raise ModelError(f"mismatched shapes for softmax_cross_entropy: logits {Z.shape}, targets {label.shape}")
+        j = Z.model._fresh_index()
+        return sp.Sum(label.fn(j) * (lse - Z.fn(j)), (j, 0, Z.shape[0] - 1))
+    label = sp.sympify(label)
+    if not (label.is_integer or label.is_Integer):
+        raise ModelError("softmax_cross_entropy needs an int32 label (declare it with dtype='int32') or a probability vector")
+    return lse - Z.fn(label)
+
+
+def bce_with_logits(logit, y):
+    """Binary cross-entropy of a logit against y in [0, 1], stable for any logit."""
+    return elementwise(lambda s: y * Softplus(-s) + (1 - y) * Softplus(s))(logit)
+
+
+def binary_cross_entropy(p, y):
+    """-(y log p + (1 - y) log(1 - p)) for a probability p (rewritten stably when p is a sigmoid)."""
+    return elementwise(lambda q: -(y * sp.log(q) + (1 - y) * sp.log(1 - q)))(p)
+
+
+def mse(pred, target):
+    """Mean squared error over the elements of one sample."""
+    if isinstance(pred, TensorExpr) or isinstance(target, TensorExpr):
+        d = pred - target
+        n = 1
+        for s in d.shape:
+            n *= s
+        return (d * d).sum() / n
+    return (sp.sympify(pred) - sp.sympify(target)) ** 2
+
+
+def hinge(score, y):
+    """max(0, 1 - y * score) for y in {-1, +1}."""
+    return sp.Max(0, 1 - y * score)
+
+
+def embedding(E, ids):
+    """Row ``ids`` of the table ``E`` (a gather by an int32 input): ``P_u = gc.embedding(P, user)``."""
+    if not isinstance(E, Tensor) or E.rank != 2:
+        raise ModelError("embedding needs a rank-2 parameter table")
+    ids = sp.sympify(ids)
+    return TensorExpr(E.model, E.shape[1:], lambda k: E.fn(ids, k))
+
+
+def sum_squares(*tensors):
+    """The sum of squares of every element of the given tensors (for L2 regularization)."""
+    total = sp.Integer(0)
+    for t in tensors:
+        if isinstance(t, TensorExpr):
+            total += (t * t).sum()
+        else:
+            total += sp.sympify(t) ** 2
+    return total

@@ -1,0 +1,208 @@
+"""The generated module's Python side: numpy in, numpy out. Imports no SymPy.
+
+``bind(namespace, entry, meta)`` fills a module namespace with the contract
+of DESIGN.md (``param_shapes``, ``forward``, ``loss_and_grad``, ...). Every
+argument is checked here, before C sees it: a wrong shape, dtype or name, an
+empty batch or an index out of range raises ``ValueError`` naming the
+argument.
+
+Example::
+
+    p = mod.init_params(seed=0)
+    L, g = mod.loss_and_grad(p, x=X, y=Y)
+"""
+import math
+import threading
+import types
+from collections.abc import Mapping
+
+import numpy as np
+
+from . import init as _init
+from .build import load_extension
+
+_ERRORS = {1: "the batch is empty", 2: "a NULL pointer was passed",
+           3: "an integer input used as an index is out of range"}
+
+
+class Compiled:
+    """A loaded model: the functions of the module contract, bound to one extension."""
+
+    def __init__(self, entry, meta):
+        self.meta = meta
+        self.lib, self.ffi = load_extension(entry, meta)
+        M = meta["prefix"]
+        self.dtype = np.dtype(meta["dtype"])
+        self.ctype = "float" if self.dtype == np.float32 else "double"
+        self._fwd = getattr(self.lib, f"{M}_forward")
+        self._loss = getattr(self.lib, f"{M}_loss")
+        self._lg = getattr(self.lib, f"{M}_loss_grad")
+        self.ws_bytes = int(getattr(self.lib, f"{M}_workspace_size")(1))
+        self.params = meta["params"]
+        self.n_params = meta["n_params"]
+        self.param_shapes = {p["name"]: tuple(p["shape"]) for p in self.params}
+        self.input_shapes = {a["name"]: tuple(a["shape"]) for a in meta["inputs"]}
+        self.target_shapes = {a["name"]: tuple(a["shape"]) for a in meta["targets"]}
+        self.output_shapes = {a["name"]: tuple(a["shape"]) for a in meta["outputs"]}
+        self.input_dtypes = {a["name"]: self._np_dtype(a) for a in meta["inputs"]}
+        self.target_dtypes = {a["name"]: self._np_dtype(a) for a in meta["targets"]}
+        self.int_bounds = meta["int_bounds"]
+        self._local = threading.local()
+
+    def _np_dtype(self, a):
+        return np.dtype(np.int32) if a["dtype"] == "int32" else self.dtype
+
+    # ---- parameters ----------------------------------------------------
+    def init_params(self, seed=0):
+        """Initial parameters drawn from each declared initializer with ``numpy.random.default_rng(seed)``.
+
+        The arrays are views into one flat buffer, in declaration order.
+        """
+        rng = np.random.default_rng(seed)
+        flat = np.empty(self.n_params, dtype=self.dtype)
+        out = {}
+        for p in self.params:
+            v = flat[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"])
+            v[...] = _init.draw(p["init"], p["shape"], rng, self.dtype)
+            out[p["name"]] = v
+        return out
+
+    def _flat_params(self, params):
+        if not isinstance(params, Mapping):
+            raise ValueError(f"params must be a dict of arrays keyed by parameter name, not {type(params).__name__}")
+        missing = [n for n in self.param_shapes if n not in params]
+        if missing:
+            raise ValueError(f"missing parameter {missing[0]!r}; expected {', '.join(map(repr, self.param_shapes))}")
+        unknown = [n for n in params if n not in self.param_shapes]
+        if unknown:
+            raise ValueError(f"unknown parameter {unknown[0]!r}; expected {', '.join(map(repr, self.param_shapes))}")
+        flat = np.empty(self.n_params, dtype=self.dtype)
+        for p in self.params:
+            a = self._real_array(params[p["name"]], f"parameter {p['name']!r}")
+            if a.shape != tuple(p["shape"]):
+                raise ValueError(f"parameter {p['name']!r} has shape {a.shape}, expected {tuple(p['shape'])}")
+            flat[p["offset"]:p["offset"] + p["size"]] = a.ravel()
+        return flat
+
+    def _real_array(self, v, what):
+        try:
+            a = np.asarray(v)
+        except Exception as e:  # ragged lists and the like
+            raise ValueError(f"{what} cannot be read as an array: {e}") from None
+        if a.dtype.kind not in "fiu":
+            raise ValueError(f"{what} has dtype {a.dtype}, which cannot be converted to {self.dtype}")
+        return a
+
+    # ---- data ----------------------------------------------------------
+    def _data(self, data, specs, what):
+        names = [s["name"] for s in specs]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise ValueError(f"missing {what} {missing[0]!r}; this model takes {', '.join(map(repr, names)) or 'none'}")
+        unknown = [n for n in data if n not in names]
+        if unknown:
+            raise ValueError(f"unknown argument {unknown[0]!r}; this model takes {', '.join(map(repr, names))}")
+        n, out = None, []
+        for s in specs:
+            name, shape = s["name"], tuple(s["shape"])
+            if s["dtype"] == "int32":
+                a = self._int_array(data[name], name)
+            else:
+                a = self._real_array(data[name], f"argument {name!r}")
+            if a.ndim != 1 + len(shape) or a.shape[1:] != shape:
+                raise ValueError(f"argument {name!r} has shape {a.shape}, expected (batch, {', '.join(map(str, shape))})"
+                                 .replace(", )", ")"))
+            if n is None:
+                n = a.shape[0]
+            elif a.shape[0] != n:
+                raise ValueError(f"argument {name!r} has {a.shape[0]} samples but {names[0]!r} has {n}")
+            dt = np.int32 if s["dtype"] == "int32" else self.dtype
+            a = np.ascontiguousarray(a, dtype=dt)
+            bound = self.int_bounds.get(name)
+            if bound is not None and a.size:
+                bad = np.flatnonzero(((a < 0) | (a >= bound)).reshape(a.shape[0], -1).any(axis=1))
+                if bad.size:
+                    v = a[bad[0]]
+                    raise ValueError(f"argument {name!r}: sample {bad[0]} holds {v.tolist()}, outside 0..{bound - 1}")
+            out.append(a)
+        if n == 0:
+            raise ValueError("the batch is empty: pass at least one sample")
+        return n, out
+
+    def _int_array(self, v, name):
+        a = np.asarray(v)
+        if a.dtype.kind not in "iu":
+            raise ValueError(f"argument {name!r} must hold integers (int32), not {a.dtype}")
+        if a.size and (a.min() < -2**31 or a.max() >= 2**31):
+            raise ValueError(f"argument {name!r} holds values outside the int32 range")
+        return a
+
+    def _ptr(self, a):
+        if a.dtype == np.int32:
+            return self.ffi.from_buffer("int32_t[]", a, require_writable=False)
+        return self.ffi.from_buffer(self.ctype + "[]", a, require_writable=False)
+
+    def _work(self):
+        w = getattr(self._local, "w", None)
+        if w is None:
+            w = np.empty(max(1, math.ceil(self.ws_bytes / self.dtype.itemsize)), dtype=self.dtype)
+            self._local.w = w
+        return self._ptr(w)
+
+    def _check(self, rc, fn):
+        if rc != 0:
+            raise ValueError(f"{fn}: {_ERRORS.get(rc, f'error code {rc}')}")
+
+    # ---- the contract --------------------------------------------------
+    def forward(self, params, **inputs):
+        """The outputs for a batch: ``{"score": array of shape (N, ...)}``."""
+        flat = self._flat_params(params)
+        n, arrays = self._data(inputs, self.meta["inputs"], "input")
+        outs = {o["name"]: np.empty((n, *o["shape"]), dtype=self.dtype) for o in self.meta["outputs"]}
+        rc = self._fwd(n, self._ptr(flat), *[self._ptr(a) for a in arrays],
+                       *[self._ptr(o) for o in outs.values()], self._work())
+        self._check(rc, "forward")
+        return outs
+
+    def loss(self, params, **data):
+        """The mean loss over the batch plus regularization, as a float."""
+        flat = self._flat_params(params)
+        n, arrays = self._data(data, self.meta["inputs"] + self.meta["targets"], "input or target")
+        out = np.empty(1, dtype=self.dtype)
+        rc = self._loss(n, self._ptr(flat), *[self._ptr(a) for a in arrays], self._ptr(out), self._work())
+        self._check(rc, "loss")
+        return float(out[0])
+
+    def loss_and_grad(self, params, **data):
+        """(loss, grads): grads has the keys and shapes of ``params`` (views into one flat array)."""
+        flat = self._flat_params(params)
+        n, arrays = self._data(data, self.meta["inputs"] + self.meta["targets"], "input or target")
+        out = np.empty(1, dtype=self.dtype)
+        g = np.empty(self.n_params, dtype=self.dtype)
+        rc = self._lg(n, self._ptr(flat), *[self._ptr(a) for a in arrays], self._ptr(out), self._ptr(g),
+                      self._work())
+        self._check(rc, "loss_and_grad")
+        return float(out[0]), {p["name"]: g[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"])
+                               for p in self.params}
+
+
+_EXPORTS = ("param_shapes", "input_shapes", "target_shapes", "output_shapes", "input_dtypes",
+            "target_dtypes", "init_params", "forward", "loss", "loss_and_grad")
+
+
+def bind(namespace, entry, meta):
+    """Fill ``namespace`` (a module's globals) with the module contract of a compiled model."""
+    c = Compiled(entry, meta)
+    for name in _EXPORTS:
+        namespace[name] = getattr(c, name)
+    namespace["dtype"] = c.dtype.type
+    namespace["name"] = meta["name"]
+    namespace["_compiled"] = c
+    return c
+
+
+def as_module(entry, meta, name=None):
+    """A fresh module object holding the contract (what ``gradc.load`` returns)."""
+    mod = types.ModuleType(name or meta["name"], f"gradc model {meta['name']!r}")
+    bind(mod.__dict__, entry, meta)
+    return mod
