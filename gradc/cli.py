@@ -1,0 +1,121 @@
+"""The command line: ``gradc compile | show``.
+
+    gradc compile MODEL.py [-o OUTDIR] [--name NAME] [--dtype float32|float64] [--target c]
+    gradc show MODEL.py [--latex]
+
+A mistake in a model file prints one message naming the file and line and
+exits with status 2; ``--debug`` shows the Python traceback instead.
+"""
+import argparse
+import json
+import keyword
+import os
+import shutil
+import sys
+import time
+
+from .errors import BuildError, GradcError, ModelError
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="gradc", description="A symbolic-to-source gradient compiler.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("compile", help="write NAME.c, NAME.h and an importable module NAME")
+    c.add_argument("model_file")
+    c.add_argument("-o", "--outdir", default="build")
+    c.add_argument("--name", help="module and C prefix (default: the model's name)")
+    c.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    c.add_argument("--target", choices=("c", "cuda"), default="c")
+    c.add_argument("--model", help="which model, when the file defines several")
+    c.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    s = sub.add_parser("show", help="print the forward definitions and their symbolic gradients")
+    s.add_argument("model_file")
+    s.add_argument("--latex", action="store_true", help="print LaTeX instead of text")
+    s.add_argument("--model", help="which model, when the file defines several")
+    s.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    return p
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        return {"compile": cmd_compile, "show": cmd_show}[args.cmd](args)
+    except ModelError as e:
+        if args.debug:
+            raise
+        print(f"gradc: error: {e}", file=sys.stderr)
+        return 2
+    except BuildError as e:
+        if args.debug:
+            raise
+        print(f"gradc: build failed: {e}", file=sys.stderr)
+        return 1
+    except GradcError as e:
+        if args.debug:
+            raise
+        print(f"gradc: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _load(args):
+    from .api import load_model_file
+    return load_model_file(args.model_file, args.model)
+
+
+def cmd_compile(args):
+    from .api import build_model
+    from .codegen.names import ident
+    t0 = time.perf_counter()
+    if args.target != "c":
+        raise ModelError(f"target {args.target!r} is not available yet; use --target c", where=None)
+    model = _load(args)
+    if args.name:
+        model.name = args.name
+    entry, meta = build_model(model, args.dtype, args.target)
+    modname = ident(model.name, "model")
+    if keyword.iskeyword(modname):
+        modname += "_"
+    os.makedirs(args.outdir, exist_ok=True)
+    M = meta["prefix"]
+    for fn in (f"{M}.c", f"{M}.h", meta["so"]):
+        _copy(os.path.join(entry, fn), os.path.join(args.outdir, fn))
+    meta_file = f"{modname}.gradc.json"
+    _write(os.path.join(args.outdir, meta_file), json.dumps(meta, indent=1, sort_keys=True))
+    from importlib import resources
+
+    import jinja2
+    from . import __version__
+    tpl = jinja2.Template(resources.files("gradc.templates").joinpath("python/module.py.j2").read_text(),
+                          keep_trailing_newline=True)
+    _write(os.path.join(args.outdir, f"{modname}.py"),
+           tpl.render(name=meta["name"], module=modname, meta_file=meta_file, version=__version__))
+    dt = time.perf_counter() - t0
+    print(f"gradc: wrote {os.path.join(args.outdir, M + '.c')}, {M}.h and module {modname} "
+          f"({meta['n_params']} parameters, {args.dtype}) in {dt:.2f} s")
+    return 0
+
+
+def _copy(src, dst):
+    tmp = dst + ".tmp"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _write(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def cmd_show(args):
+    from .autodiff import differentiate
+    from .ir import lower
+    from .show import listing
+    prog = lower(_load(args).spec())
+    print(listing(prog, differentiate(prog), latex=args.latex))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Shared test set-up: a private gradc cache for the whole session."""
+import os
+import shutil
+import sys
+import tempfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+
+
+def pytest_configure(config):
+    # one cache per test session: no test depends on (or pollutes) the user's cache
+    if "GRADC_CACHE_DIR" not in os.environ or os.environ.get("GRADC_TEST_KEEP_CACHE") != "1":
+        d = tempfile.mkdtemp(prefix="gradc-test-cache-")
+        os.environ["GRADC_CACHE_DIR"] = d
+        config._gradc_cache = d
+
+
+def pytest_unconfigure(config):
+    d = getattr(config, "_gradc_cache", None)
+    if d:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def write_model(tmp_path):
+    """Write model source text to a file and return its path: ``path = write_model(src)``."""
+    def write(src, name="model.py"):
+        p = tmp_path / name
+        p.write_text(src)
+        return str(p)
+    return write
+
+
+@pytest.fixture
+def run_cli():
+    """Run ``gradc ARGS`` in a subprocess; returns CompletedProcess with text output."""
+    import subprocess
+
+    def run(*args, cwd=None, env=None):
+        e = dict(os.environ)
+        e.update(env or {})
+        return subprocess.run([sys.executable, "-m", "gradc.cli", *args], capture_output=True, text=True,
+                              cwd=cwd, env=e, timeout=300)
+    return run
