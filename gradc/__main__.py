@@ -1,0 +1,6 @@
+"""``python -m gradc`` is the ``gradc`` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
