@@ -115,7 +115,6 @@ def differentiate(prog):
         if st.name not in has_grad:
             continue
         t = prog.tensors[st.name]
-        out_read = read_symbol(t) if not t.shape else sp.IndexedBase(read_symbol(t))[st.idx]
         updates = []
         if st.elements is not None:
             for e, body in enumerate(st.elements):
@@ -123,6 +122,7 @@ def differentiate(prog):
                 own = read_symbol(t) if not t.shape else sp.IndexedBase(read_symbol(t))[_unflat(e, t.shape)]
                 updates += _updates(prog, body, g, own, has_grad)
         else:
+            out_read = read_symbol(t) if not t.shape else sp.IndexedBase(read_symbol(t))[st.idx]
             updates = _updates(prog, st.body, adjoint_read(t, st.idx), out_read if not st.red else None, has_grad)
         adjoints.append(Adjoint(st, _merge(updates)))
     return Gradient(live, adjoints, has_grad)

@@ -58,17 +58,13 @@ def _as_tensor_expr(x, what):
     if isinstance(x, TensorExpr):
         return x
     if isinstance(x, (sp.MatrixBase, list, tuple)):
+        # scalar-style elements become one unrolled tensor
         m = current_model()
         els = list(x)
-        return m.materialize(TensorExpr(m, (len(els),), lambda i: _pick(els, i)))
+        name = m._auto_name()
+        m.define(name, (len(els),), els)
+        return Tensor(m, m.decls[name])
     raise ModelError(f"{what} must be a tensor expression, a Matrix or a list, not {type(x).__name__}")
-
-
-def _pick(els, i):
-    # only reached with a concrete index: Matrix-style tensors are unrolled
-    if not i.is_Integer:
-        return sp.Piecewise(*[(e, sp.Eq(i, k)) for k, e in enumerate(els)])
-    return els[int(i)]
 
 
 def logsumexp(z):
