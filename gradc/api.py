@@ -7,7 +7,6 @@ Example::
     print(mod.loss(p, x=X, y=Y))
 """
 import os
-import runpy
 import sys
 import threading
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from .errors import ModelError
-from .ir import read_symbol, reads
+from .ir import read_symbol, reads, unflat
 from .simplify import live_stages
 
 
@@ -118,8 +118,8 @@ def differentiate(prog):
         updates = []
         if st.elements is not None:
             for e, body in enumerate(st.elements):
-                g = adjoint_read(t, _unflat(e, t.shape))
-                own = read_symbol(t) if not t.shape else sp.IndexedBase(read_symbol(t))[_unflat(e, t.shape)]
+                g = adjoint_read(t, unflat(e, t.shape))
+                own = read_symbol(t) if not t.shape else sp.IndexedBase(read_symbol(t))[unflat(e, t.shape)]
                 updates += _updates(prog, body, g, own, has_grad)
         else:
             out_read = read_symbol(t) if not t.shape else sp.IndexedBase(read_symbol(t))[st.idx]
@@ -127,13 +127,6 @@ def differentiate(prog):
         adjoints.append(Adjoint(st, _merge(updates)))
     return Gradient(live, adjoints, has_grad)
 
-
-def _unflat(e, shape):
-    idx = []
-    for s in reversed(shape):
-        idx.append(sp.Integer(e % s))
-        e //= s
-    return tuple(reversed(idx))
 
 
 def _updates(prog, body, g, own, has_grad):

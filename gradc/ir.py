@@ -124,6 +124,15 @@ class Program:
         return hashlib.sha256(self.canonical().encode()).hexdigest()
 
 
+def unflat(e, shape):
+    """The multi-index (SymPy integers) of flat row-major position ``e`` in ``shape``."""
+    idx = []
+    for s in reversed(shape):
+        idx.append(sp.Integer(e % s))
+        e //= s
+    return tuple(reversed(idx))
+
+
 def read_symbol(t):
     """The SymPy object a read of tensor ``t`` is built from."""
     return sp.Symbol(t.name, **({"integer": True} if t.dtype == INT else {"real": True}))

@@ -19,7 +19,7 @@ from sympy.codegen.ast import float32, real
 from sympy.printing.c import C99CodePrinter
 
 from ..autodiff import adjoint_symbol
-from ..ir import INT, read_symbol, reads
+from ..ir import INT, reads, unflat
 from ..simplify import cse_block, live_stages
 from .names import Namer, ident
 
@@ -230,7 +230,7 @@ class _Builder:
         if st.elements is not None:
             temps, vals = cse_block(st.elements)
             outer, _ = self._temps(pr, names, temps, [])
-            body = outer + [("set", pr.flat(st.name, _unflat(e, t.shape)), pr.doprint(v))
+            body = outer + [("set", pr.flat(st.name, unflat(e, t.shape)), pr.doprint(v))
                             for e, v in enumerate(vals)]
             return dict(loops=[], pre=[], inner=[], body=body, post=[], comment=f"{self.c[st.name]} (unrolled)")
         temps, (val,) = cse_block([st.body])
@@ -382,10 +382,3 @@ def render(prog, grad, dtype="float64"):
     layout = dict(B.layout, c_names=B.c, prefix=M)
     return Source(M, c, h, cdef, layout)
 
-
-def _unflat(e, shape):
-    idx = []
-    for s in reversed(shape):
-        idx.append(sp.Integer(e % s))
-        e //= s
-    return tuple(reversed(idx))
