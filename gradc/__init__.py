@@ -25,7 +25,7 @@ _LAZY = {
 }
 _NN = ("relu", "tanh", "exp", "log", "sqrt", "abs", "sigmoid", "softplus", "dense", "logsumexp",
        "log_softmax", "softmax", "softmax_cross_entropy", "bce_with_logits", "binary_cross_entropy",
-       "mse", "hinge", "embedding", "sum_squares", "elementwise")
+       "mse", "hinge", "embedding", "sum_squares", "elementwise", "dropout")
 _LAZY.update({n: "nn" for n in _NN})
 _SUBMODULES = ("init", "model", "nn", "ir", "autodiff", "simplify", "rewrite", "functions", "build",
                "runtime", "api", "cli", "codegen", "errors")

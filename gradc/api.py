@@ -80,7 +80,11 @@ def module_info(prog, src, dtype, target):
     L = src.layout
     params = [dict(name=p["name"], shape=p["shape"], offset=p["offset"], size=p["size"],
                    init=prog.tensors[p["name"]].init) for p in L["params"]]
-    arg = lambda t: dict(name=t.name, shape=list(t.shape), dtype=t.dtype)  # noqa: E731
+    def arg(t):
+        a = dict(name=t.name, shape=list(t.shape), dtype=t.dtype)
+        if t.dropout is not None:
+            a["dropout"] = t.dropout
+        return a
     return dict(name=prog.name, prefix=src.name, dtype=dtype, target=target, params=params,
                 n_params=L["n_params"], inputs=[arg(t) for t in prog.inputs],
                 targets=[arg(t) for t in prog.targets],

@@ -42,6 +42,7 @@ class TensorInfo:
     init: dict = None
     scope: str = None  # "sample" (per sample) or "batch" (once per call)
     where: tuple = None
+    dropout: float = None  # for a dropout-mask input: the drop probability
 
     @property
     def size(self):
@@ -112,7 +113,8 @@ class Program:
         """A text that determines the generated code: the input of the cache key."""
         lines = [f"model {self.name}"]
         for t in self.tensors.values():
-            lines.append(f"tensor {t.name!r} {t.kind} {t.shape} {t.dtype} {sorted((t.init or {}).items())} {t.scope}")
+            lines.append(f"tensor {t.name!r} {t.kind} {t.shape} {t.dtype} {sorted((t.init or {}).items())} {t.scope}"
+                         + (f" dropout {t.dropout!r}" if t.dropout is not None else ""))
         for s in self.stages:
             lines.append(f"stage {s.name!r} {s.op} {s.scope} {[k.name for k in s.idx]} "
                          f"{[(k.name, n) for k, n in s.red]} "
@@ -165,7 +167,8 @@ class _Lowering:
         self.tensors = {}
         for d in spec.decls.values():
             scope = {"param": "batch", "input": "sample", "target": "sample"}.get(d.kind)
-            self.tensors[d.name] = TensorInfo(d.name, d.kind, d.shape, d.dtype, d.init, scope, d.where)
+            self.tensors[d.name] = TensorInfo(d.name, d.kind, d.shape, d.dtype, d.init, scope, d.where,
+                                              getattr(d, "dropout", None))
         self.stages = []
         self.int_bounds = {}
         self.n_aux = 0

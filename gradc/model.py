@@ -50,6 +50,7 @@ class Decl:
     dtype: str = REAL
     init: dict = None
     where: tuple = None
+    dropout: float = None      # an input that is a dropout mask, dropping with this probability
 
 
 @dataclass
@@ -275,6 +276,32 @@ class Model:
         except TypeError as e:
             raise ModelError(f"parameter {name!r}: {e}")
         return self._declare(name, "param", shape, REAL, spec)
+
+    def dropout(self, x, p, name=None):
+        """Inverted dropout: ``x * mask``, where the mask is an input the runtime draws.
+
+        In training the mask holds 0 with probability ``p`` and ``1/(1-p)``
+        otherwise, drawn from the training loop's seeded RNG (so runs
+        reproduce); in evaluation it is all ones. In C the mask is an
+        ordinary input, named ``name`` (default ``dropoutN``)::
+
+            h = m.dropout(gc.relu(W1 @ x + b1), 0.2)
+        """
+        try:
+            p = float(p)
+        except (TypeError, ValueError):
+            raise ModelError(f"dropout probability must be a number, not {p!r}")
+        if not 0.0 <= p < 1.0:
+            raise ModelError(f"dropout probability must be in [0, 1), got {p}")
+        if name is None:
+            k = 1
+            while f"dropout{k}" in self.decls:
+                k += 1
+            name = f"dropout{k}"
+        shape = x.shape if isinstance(x, TensorExpr) else ()
+        mask = self._declare(name, "input", shape, REAL)
+        self.decls[name].dropout = p
+        return x * mask
 
     def tensor(self, name):
         """The handle of a declared tensor, by name."""

@@ -143,6 +143,12 @@ def embedding(E, ids):
     return TensorExpr(E.model, E.shape[1:], lambda k: E.fn(ids, k))
 
 
+def dropout(x, p, name=None):
+    """Inverted dropout on ``x`` (see ``Model.dropout``): ``h = gc.dropout(h, 0.2)``."""
+    m = x.model if isinstance(x, TensorExpr) else current_model()
+    return m.dropout(x, p, name)
+
+
 def sum_squares(*tensors):
     """The sum of squares of every element of the given tensors (for L2 regularization)."""
     total = sp.Integer(0)

@@ -94,7 +94,31 @@ class Compiled:
         return a
 
     # ---- data ----------------------------------------------------------
-    def _data(self, data, specs, what):
+    def _masks(self, data, specs, rng):
+        """Fill in the dropout masks the caller did not pass: drawn from ``rng`` in training, ones otherwise."""
+        todo = [s for s in specs if "dropout" in s and s["name"] not in data]
+        if not todo:
+            return data
+        data = dict(data)
+        n = self._batch_size(data)
+        for s in todo:
+            shape = (n, *s["shape"])
+            if rng is None:
+                data[s["name"]] = np.ones(shape, dtype=self.dtype)
+            else:
+                keep = 1.0 - s["dropout"]
+                data[s["name"]] = (rng.random(shape) < keep).astype(self.dtype) / self.dtype.type(keep)
+        return data
+
+    def _batch_size(self, data):
+        for v in data.values():
+            a = np.asarray(v)
+            if a.ndim:
+                return a.shape[0]
+        raise ValueError("the batch is empty: pass at least one sample")
+
+    def _data(self, data, specs, what, rng=None):
+        data = self._masks(data, specs, rng)
         names = [s["name"] for s in specs]
         missing = [n for n in names if n not in data]
         if missing:
@@ -154,29 +178,35 @@ class Compiled:
             raise ValueError(f"{fn}: {_ERRORS.get(rc, f'error code {rc}')}")
 
     # ---- the contract --------------------------------------------------
-    def forward(self, params, **inputs):
-        """The outputs for a batch: ``{"score": array of shape (N, ...)}``."""
+    def forward(self, params, dropout_rng=None, **inputs):
+        """The outputs for a batch: ``{"score": array of shape (N, ...)}``.
+
+        Dropout masks not passed are ones (evaluation), or drawn from ``dropout_rng``.
+        """
         flat = self._flat_params(params)
-        n, arrays = self._data(inputs, self.meta["inputs"], "input")
+        n, arrays = self._data(inputs, self.meta["inputs"], "input", dropout_rng)
         outs = {o["name"]: np.empty((n, *o["shape"]), dtype=self.dtype) for o in self.meta["outputs"]}
         rc = self._fwd(n, self._ptr(flat), *[self._ptr(a) for a in arrays],
                        *[self._ptr(o) for o in outs.values()], self._work())
         self._check(rc, "forward")
         return outs
 
-    def loss(self, params, **data):
+    def loss(self, params, dropout_rng=None, **data):
         """The mean loss over the batch plus regularization, as a float."""
         flat = self._flat_params(params)
-        n, arrays = self._data(data, self.meta["inputs"] + self.meta["targets"], "input or target")
+        n, arrays = self._data(data, self.meta["inputs"] + self.meta["targets"], "input or target", dropout_rng)
         out = np.empty(1, dtype=self.dtype)
         rc = self._loss(n, self._ptr(flat), *[self._ptr(a) for a in arrays], self._ptr(out), self._work())
         self._check(rc, "loss")
         return float(out[0])
 
-    def loss_and_grad(self, params, **data):
-        """(loss, grads): grads has the keys and shapes of ``params`` (views into one flat array)."""
+    def loss_and_grad(self, params, dropout_rng=None, **data):
+        """(loss, grads): grads has the keys and shapes of ``params`` (views into one flat array).
+
+        ``dropout_rng`` (a ``numpy.random.Generator``) turns dropout on: masks not passed are drawn from it.
+        """
         flat = self._flat_params(params)
-        n, arrays = self._data(data, self.meta["inputs"] + self.meta["targets"], "input or target")
+        n, arrays = self._data(data, self.meta["inputs"] + self.meta["targets"], "input or target", dropout_rng)
         out = np.empty(1, dtype=self.dtype)
         g = np.empty(self.n_params, dtype=self.dtype)
         rc = self._lg(n, self._ptr(flat), *[self._ptr(a) for a in arrays], self._ptr(out), self._ptr(g),
