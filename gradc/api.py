@@ -86,6 +86,7 @@ def module_info(prog, src, dtype, target):
             a["dropout"] = t.dropout
         return a
     return dict(name=prog.name, prefix=src.name, dtype=dtype, target=target, params=params,
+                model_hash=prog.digest(),
                 n_params=L["n_params"], inputs=[arg(t) for t in prog.inputs],
                 targets=[arg(t) for t in prog.targets],
                 outputs=[dict(name=o, shape=list(prog.tensors[o].shape)) for o in prog.outputs],
