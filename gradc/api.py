@@ -28,10 +28,13 @@ def load_model_file(path, model=None):
         raise ModelError(f"no such model file: {path}", where=None)
     with open(path, "rb") as f:
         text = f.read()
+    if b"\0" in text:
+        line = text[:text.index(b"\0")].count(b"\n") + 1
+        raise ModelError("the file holds a NUL byte; a model file is Python source text", where=(path, line))
     try:
         code = compile(text, path, "exec")
     except SyntaxError as e:
-        raise ModelError(f"syntax error: {e.msg}", where=(path, e.lineno)) from None
+        raise ModelError(f"syntax error: {e.msg}", where=(path, e.lineno or 1)) from None
     ns = {"__name__": "__gradc_model__", "__file__": os.path.abspath(path)}
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
     try:
@@ -40,6 +43,9 @@ def load_model_file(path, model=None):
         if e.where is None or os.path.abspath(e.where[0]) != os.path.abspath(path):
             e.where = _frame_in(sys.exc_info()[2], path) or e.where
         raise
+    except SystemExit as e:
+        raise ModelError(f"the model file called sys.exit({e.code!r}) instead of defining a model",
+                         where=_frame_in(sys.exc_info()[2], path)) from None
     except Exception as e:
         where = _frame_in(sys.exc_info()[2], path)
         raise ModelError(f"{type(e).__name__}: {e}", where=where) from e

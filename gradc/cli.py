@@ -72,9 +72,7 @@ def cmd_compile(args):
     if args.name:
         model.name = args.name
     entry, meta = build_model(model, args.dtype, args.target)
-    modname = ident(model.name, "model")
-    if keyword.iskeyword(modname):
-        modname += "_"
+    modname = module_name(ident(model.name, "model"))
     os.makedirs(args.outdir, exist_ok=True)
     M = meta["prefix"]
     for fn in (f"{M}.c", f"{M}.h", meta["so"]):
@@ -88,11 +86,24 @@ def cmd_compile(args):
     tpl = jinja2.Template(resources.files("gradc.templates").joinpath("python/module.py.j2").read_text(),
                           keep_trailing_newline=True)
     _write(os.path.join(args.outdir, f"{modname}.py"),
-           tpl.render(name=meta["name"], module=modname, meta_file=meta_file, version=__version__))
+           tpl.render(module=modname, meta_file=meta_file, version=__version__))
     dt = time.perf_counter() - t0
     print(f"gradc: wrote {os.path.join(args.outdir, M + '.c')}, {M}.h and module {modname} "
           f"({meta['n_params']} parameters, {args.dtype}) in {dt:.2f} s")
     return 0
+
+
+# modules the generated wrapper imports, which a module of the same name would shadow
+_SHADOWED = {"gradc", "numpy", "cffi", "_cffi_backend", "sympy", "jinja2"}
+
+
+def module_name(c_name):
+    """The Python module name for a model: its C name, unless that is a keyword or shadows a
+    module the wrapper needs (``json``, ``numpy``, ...); then with ``_model`` appended."""
+    stdlib = getattr(sys, "stdlib_module_names", set())
+    if keyword.iskeyword(c_name) or c_name in stdlib or c_name in _SHADOWED:
+        return c_name + "_model"
+    return c_name
 
 
 def _copy(src, dst):

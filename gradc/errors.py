@@ -9,6 +9,9 @@ class GradcError(Exception):
     """Base class of every error gradc raises on purpose."""
 
 
+_AUTO = object()
+
+
 class ModelError(GradcError):
     """A model definition is wrong: the message says what, ``where`` says where.
 
@@ -17,10 +20,11 @@ class ModelError(GradcError):
         raise ModelError("loss must be a scalar", where=("model.py", 12))
     """
 
-    def __init__(self, message, where=None):
+    def __init__(self, message, where=_AUTO):
         super().__init__(message)
         self.message = message
-        self.where = where if where is not None else user_location()
+        # by default the user's line that called into gradc; where=None: no location applies
+        self.where = user_location() if where is _AUTO else where
 
     def __str__(self):
         if self.where:

@@ -89,7 +89,8 @@ class Program:
     loss: str
     reg: str = None
     outputs: list = field(default_factory=list)
-    int_bounds: dict = field(default_factory=dict)   # int32 input -> exclusive upper bound
+    # int32 input -> per element, the exclusive upper bound of its use as an index (None: not an index)
+    int_bounds: dict = field(default_factory=dict)
 
     def of_kind(self, kind):
         return [t for t in self.tensors.values() if t.kind == kind]
@@ -172,6 +173,7 @@ class _Lowering:
         self.stages = []
         self.int_bounds = {}
         self.n_aux = 0
+        self.what = {}          # stage -> how messages name it ("the loss", "tensor 'h'")
 
     def fresh(self, base):
         while True:
@@ -199,6 +201,9 @@ class _Lowering:
                     raise ModelError(f"in {what}: unknown tensor {name!r}", where)
                 if len(node.indices) != len(t.shape):
                     raise ModelError(f"in {what}: {t.kind} {name!r} has shape {t.shape} but is read with {len(node.indices)} indices", where)
+            elif isinstance(node, sp.Piecewise) and node.args[-1].cond != True:  # noqa: E712
+                raise ModelError(f"in {what}: a Piecewise needs a last branch (value, True) for when no "
+                                 f"condition holds", where)
             elif isinstance(node, sp.core.function.Application):
                 if node.func not in SUPPORTED_FUNCTIONS:
                     raise ModelError(f"in {what}: unsupported function {node.func.__name__!r}; gradc compiles "
@@ -230,7 +235,11 @@ class _Lowering:
             e = sp.sympify(e)
             src = self._int_source(e)
             if src is not None:
-                self.int_bounds[src] = min(self.int_bounds.get(src, n), n)
+                name_i, elem = src
+                size = self.tensors[name_i].size
+                b = self.int_bounds.setdefault(name_i, [None] * size)
+                for j in (range(size) if elem is None else [elem]):
+                    b[j] = n if b[j] is None else min(b[j], n)
                 continue
             lo = hi = 0
             for term, coeff in e.as_coefficients_dict().items():
@@ -252,18 +261,25 @@ class _Lowering:
                                  f"outside dimension {d} of size {n}", where)
 
     def _int_source(self, e):
+        """(int32 tensor, flat element or None for any) when index ``e`` is a read of an int32 input."""
         if isinstance(e, sp.Symbol) and e.name in self.tensors:
             t = self.tensors[e.name]
             if t.dtype == INT and t.kind in ("input", "target") and t.shape == ():
-                return t.name
+                return t.name, 0
         if isinstance(e, sp.Indexed):
             t = self.tensors.get(e.base.label.name)
             if t is not None and t.dtype == INT and t.kind in ("input", "target"):
-                return t.name
+                if all(sp.sympify(i).is_Integer for i in e.indices):
+                    flat = 0
+                    for i, n in zip(e.indices, t.shape):
+                        flat = flat * n + int(i)
+                    return t.name, flat
+                return t.name, None
         return None
 
     # ---- splitting -----------------------------------------------------
     def add_def(self, name, shape, idx, body, elements, op, red, where, what):
+        self.what[name] = what
         info = self.tensors.setdefault(name, TensorInfo(name, "stage", shape, REAL, None, None, where))
         info.where = where
         if elements is not None:
@@ -313,7 +329,7 @@ class _Lowering:
                 inner_loops.update(dict(red))
                 inner = self.split(summand, order + [k for k, _ in red], inner_loops, where, what)
                 free = [v for v in order if v in inner.free_symbols]
-                return self.new_stage(free, loops, red, "sum", inner, where)
+                return self.new_stage(free, loops, red, "sum", inner, where, what)
             if not e.args or isinstance(e, sp.Indexed):
                 return e
             new = [visit(a) for a in e.args]
@@ -338,12 +354,13 @@ class _Lowering:
         inner_loops.update(dict(red))
         u_split = self.split(u, order + [k for k, _ in red], inner_loops, where, what)
         free = [v for v in order if v in u_split.free_symbols]
-        mx = self.new_stage(free, loops, red, "max", u_split, where)
+        mx = self.new_stage(free, loops, red, "max", u_split, where, what)
         lim = [(k, 0, n - 1) for k, n in red]
         return mx + sp.log(sp.Sum(sp.exp(u_split - mx), *lim))
 
-    def new_stage(self, free, loops, red, op, body, where):
+    def new_stage(self, free, loops, red, op, body, where, what):
         name = self.fresh("r" if op == "sum" else "m")
+        self.what[name] = what
         shape = tuple(loops[v] for v in free)
         # fresh output indices keep every stage's loop variables its own
         idx = tuple(sp.Symbol(f"{v.name}.{name[1:]}", integer=True) for v in free)
@@ -357,13 +374,13 @@ class _Lowering:
         t = self.tensors[st.name]
         for k in list(st.idx) + [k for k, _ in st.red]:
             if k.name in self.tensors:
-                raise ModelError(f"in tensor {st.name!r}: index {k.name!r} has the name of a tensor", st.where)
+                raise ModelError(f"in {self.what[st.name]}: index {k.name!r} has the name of a tensor", st.where)
         ranges = dict(zip(st.idx, t.shape))
         ranges.update(dict(st.red))
         scope = "batch"
         for b in st.bodies():
             for name, idx, _ in reads(b, self.tensors):
-                self.check_index(name, idx, ranges, st.where, f"tensor {st.name!r}")
+                self.check_index(name, idx, ranges, st.where, self.what[st.name])
                 if self.tensors[name].scope == "sample":
                     scope = "sample"
         st.scope = t.scope = scope

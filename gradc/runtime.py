@@ -142,19 +142,34 @@ class Compiled:
                 raise ValueError(f"argument {name!r} has {a.shape[0]} samples but {names[0]!r} has {n}")
             dt = np.int32 if s["dtype"] == "int32" else self.dtype
             a = np.ascontiguousarray(a, dtype=dt)
-            bound = self.int_bounds.get(name)
-            if bound is not None and a.size:
-                bad = np.flatnonzero(((a < 0) | (a >= bound)).reshape(a.shape[0], -1).any(axis=1))
-                if bad.size:
-                    v = a[bad[0]]
-                    raise ValueError(f"argument {name!r}: sample {bad[0]} holds {v.tolist()}, outside 0..{bound - 1}")
+            err = self.index_error(name, a)
+            if err:
+                raise ValueError(f"argument {err}")
             out.append(a)
         if n == 0:
             raise ValueError("the batch is empty: pass at least one sample")
         return n, out
 
+    def index_error(self, name, a):
+        """A message when an int32 array used as an index holds a value out of range, else None."""
+        bounds = self.int_bounds.get(name)
+        if bounds is None or not a.size:
+            return None
+        hi = np.array([2**31 if b is None else b for b in bounds]).reshape(a.shape[1:])
+        bad = np.flatnonzero(((a < 0) | (a >= hi)).reshape(a.shape[0], -1).any(axis=1))
+        if not bad.size:
+            return None
+        s = int(bad[0])
+        rng = sorted({b for b in bounds if b is not None})
+        allowed = f"0..{rng[0] - 1}" if len(rng) == 1 else "the rows of the tables it indexes (" + \
+            ", ".join(f"element {j}: 0..{b - 1}" for j, b in enumerate(bounds) if b is not None) + ")"
+        return f"{name!r}: sample {s} holds {a[s].tolist()}, outside {allowed}"
+
     def _int_array(self, v, name):
-        a = np.asarray(v)
+        try:
+            a = np.asarray(v)
+        except Exception as e:  # ragged lists and the like
+            raise ValueError(f"argument {name!r} cannot be read as an array: {e}") from None
         if a.dtype.kind not in "iu":
             raise ValueError(f"argument {name!r} must hold integers (int32), not {a.dtype}")
         if a.size and (a.min() < -2**31 or a.max() >= 2**31):

@@ -315,11 +315,18 @@ class _Builder:
         return per_call, per_sample
 
     def int_checks(self, used):
+        """Range checks of int32 inputs used as indices: one loop when every element has one bound."""
         out = []
-        for name, bound in self.prog.int_bounds.items():
+        for name, bounds in self.prog.int_bounds.items():
             t = self.prog.tensors[name]
-            if name in used:
-                out.append(dict(ptr=("X_" if t.kind == "input" else "Y_") + self.c[name], size=t.size, bound=bound))
+            if name not in used:
+                continue
+            ptr = ("X_" if t.kind == "input" else "Y_") + self.c[name]
+            if all(b is not None for b in bounds) and len(set(bounds)) == 1:
+                out.append(dict(ptr=ptr, size=t.size, bound=bounds[0], elems=None))
+            else:
+                out.append(dict(ptr=ptr, size=t.size, bound=None,
+                                elems=[(j, b) for j, b in enumerate(bounds) if b is not None]))
         return out
 
     def args(self, kinds):
