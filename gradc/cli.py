@@ -28,6 +28,28 @@ def _parser():
     c.add_argument("--target", choices=("c", "cuda"), default="c")
     c.add_argument("--model", help="which model, when the file defines several")
     c.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    t = sub.add_parser("train", help="train a model on data from an .npz file")
+    t.add_argument("model_file")
+    t.add_argument("--data", required=True, help=".npz with one array per input and target, by name")
+    t.add_argument("-o", "--outdir", default="run", help="where the checkpoint and history go (default: run)")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--optimizer", default="adam", help="sgd, adam, adamw, rmsprop or adagrad")
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
+    t.add_argument("--weight-decay", type=float, default=None)
+    t.add_argument("--momentum", type=float, default=None, help="for sgd and rmsprop")
+    t.add_argument("--val-split", type=float, default=None, help="fraction of the data held out for validation")
+    t.add_argument("--metrics", default="loss", help="comma-separated: loss, accuracy, mse, rmse, auc")
+    t.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint", default=None, help="checkpoint path (default: OUTDIR/checkpoint.npz)")
+    t.add_argument("--resume", default=None, help="resume from this checkpoint")
+    t.add_argument("--init", default=None, help="start from the parameters of this checkpoint (fine-tuning)")
+    t.add_argument("--freeze", default="", help="comma-separated parameters to keep fixed")
+    t.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    t.add_argument("--model", help="which model, when the file defines several")
+    t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    t.add_argument("--debug", action="store_true", help="show Python tracebacks")
     s = sub.add_parser("show", help="print the forward definitions and their symbolic gradients")
     s.add_argument("model_file")
     s.add_argument("--latex", action="store_true", help="print LaTeX instead of text")
@@ -39,7 +61,7 @@ def _parser():
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
-        return {"compile": cmd_compile, "show": cmd_show}[args.cmd](args)
+        return {"compile": cmd_compile, "show": cmd_show, "train": cmd_train}[args.cmd](args)
     except ModelError as e:
         if args.debug:
             raise
@@ -55,6 +77,11 @@ def main(argv=None):
             raise
         print(f"gradc: error: {e}", file=sys.stderr)
         return 1
+    except (ValueError, OSError) as e:
+        if args.debug or args.cmd != "train":
+            raise
+        print(f"gradc: error: {e}", file=sys.stderr)
+        return 2
 
 
 def _load(args):
@@ -117,6 +144,56 @@ def _write(path, text):
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def cmd_train(args):
+    import numpy as np
+
+    from .api import compile_model
+    from .train import Callback, Trainer, load_checkpoint
+    model = _load(args)
+    mod = compile_model(model, args.dtype)
+    try:
+        with np.load(args.data, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read --data {args.data}: {e}") from None
+    params = mod.init_params(seed=args.seed)
+    if args.init:
+        pre, _ = load_checkpoint(args.init, mod)
+        for k in params:
+            params[k][...] = pre[k]
+    opt_kw = {k: v for k, v in (("weight_decay", args.weight_decay), ("momentum", args.momentum)) if v is not None}
+    os.makedirs(args.outdir, exist_ok=True)
+    ckpt = args.checkpoint or os.path.join(args.outdir, "checkpoint.npz")
+
+    class Lines(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            if not args.quiet:
+                print(f"epoch {epoch + 1:4d}  " + "  ".join(
+                    f"{k} {v:.5g}" for k, v in logs.items()
+                    if isinstance(v, float) and k not in ("seconds", "lr", "epoch")), flush=True)
+
+    trainer = Trainer(mod, params, optimizer=args.optimizer, lr=args.lr, optimizer_options=opt_kw,
+                      frozen=[f for f in args.freeze.split(",") if f], batch_size=args.batch_size,
+                      seed=args.seed, metrics=[m for m in args.metrics.split(",") if m], callbacks=[Lines()],
+                      progress=False)
+    try:
+        hist = trainer.fit(data, epochs=args.epochs, val_split=args.val_split, checkpoint=ckpt,
+                           resume=args.resume, early_stopping=args.early_stopping)
+    except KeyboardInterrupt:
+        print(f"gradc: interrupted; the last complete epoch is in {ckpt}", file=sys.stderr)
+        return 130
+    hist.to_csv(os.path.join(args.outdir, "history.csv"))
+    hist.to_json(os.path.join(args.outdir, "history.json"))
+    wrote = [ckpt, "history.csv", "history.json"]
+    try:
+        hist.plot(os.path.join(args.outdir, "loss.png"))
+        wrote.append("loss.png")
+    except ImportError:
+        pass
+    print(f"gradc: trained {len(hist.get('epoch', []))} epochs; wrote {', '.join(wrote)} in {args.outdir}")
+    return 0
 
 
 def cmd_show(args):

@@ -1,10 +1,11 @@
 """micrograd's moons demo, compiled: 100 full-batch SGD steps reach 100% training accuracy.
 
-    python examples/moons/train.py [--dtype float32]
+    python examples/moons/train.py [--dtype float32] [--png moons.png]
 
 Compiles examples/moons/model.py (or takes it from the cache), makes the
 two-moons data (100 points, noise 0.1) and trains with micrograd's schedule
-lr_k = 1.0 - 0.9 * k / 100.
+lr_k = 1.0 - 0.9 * k / 100, then draws the decision boundary when
+matplotlib is installed.
 """
 import argparse
 import os
@@ -13,6 +14,7 @@ import time
 import numpy as np
 
 import gradc
+from gradc.optim.lr_scheduler import LambdaLR
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -31,10 +33,32 @@ def make_moons(n=100, noise=0.1, seed=1):
     return X[perm], y[perm]
 
 
+def plot_boundary(moons, p, X, y, path):
+    """A PNG of the decision boundary; returns False when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    xx, yy = np.meshgrid(np.linspace(-1.5, 2.5, 200), np.linspace(-1.0, 1.5, 200))
+    grid = np.stack([xx.ravel(), yy.ravel()], 1)
+    score = moons.forward(p, x=grid)["score"].reshape(xx.shape)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.contourf(xx, yy, score > 0, alpha=0.3, cmap="coolwarm")
+    ax.scatter(X[:, 0], X[:, 1], c=y, cmap="coolwarm", s=20, edgecolors="k")
+    ax.set_title("gradc: moons decision boundary")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", default="float64", choices=("float32", "float64"))
     ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--png", default="moons.png", help="where to draw the decision boundary ('' for none)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -43,18 +67,16 @@ def main(argv=None):
     X, y = make_moons()
     p = moons.init_params(seed=0)
     t0 = time.perf_counter()
-    for k in range(args.steps):
-        loss, g = moons.loss_and_grad(p, x=X, y=y)
-        lr = 1.0 - 0.9 * k / 100
-        for name in p:
-            p[name] -= lr * g[name]
-        if k % 10 == 0 or k == args.steps - 1:
-            acc = np.mean((moons.forward(p, x=X)["score"] > 0) == (y > 0))
-            print(f"step {k:3d}  loss {loss:.4f}  accuracy {acc:.0%}")
+    hist = gradc.fit(moons, p, {"x": X, "y": y}, epochs=args.steps, batch_size=len(X), shuffle=False,
+                     optimizer="sgd", lr=1.0, scheduler=lambda opt: LambdaLR(opt, lambda k: 1.0 - 0.9 * k / 100),
+                     scheduler_interval="step", val_data={"x": X, "y": y}, metrics=["loss", "accuracy"])
     dt = time.perf_counter() - t0
-    acc = float(np.mean((moons.forward(p, x=X)["score"] > 0) == (y > 0)))
-    print(f"final: loss {moons.loss(p, x=X, y=y):.4f}, training accuracy {acc:.0%} "
-          f"({args.steps} steps in {dt * 1e3:.1f} ms)")
+    for k in list(range(0, args.steps, 10)) + [args.steps - 1]:
+        print(f"step {k:3d}  loss {hist['loss'][k]:.4f}  accuracy {hist['val_accuracy'][k]:.0%}")
+    acc = hist["val_accuracy"][-1]
+    print(f"final: loss {hist['val_loss'][-1]:.4f}, training accuracy {acc:.0%} ({args.steps} steps in {dt:.2f} s)")
+    if args.png and plot_boundary(moons, p, X, y, args.png):
+        print(f"wrote {args.png}")
     return acc
 
 
