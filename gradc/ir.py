@@ -204,6 +204,8 @@ class _Lowering:
             elif isinstance(node, sp.Piecewise) and node.args[-1].cond != True:  # noqa: E712
                 raise ModelError(f"in {what}: a Piecewise needs a last branch (value, True) for when no "
                                  f"condition holds", where)
+            elif isinstance(node, (sp.And, sp.Or, sp.Not)):
+                pass                     # conditions of a Piecewise
             elif isinstance(node, sp.core.function.Application):
                 if node.func not in SUPPORTED_FUNCTIONS:
                     raise ModelError(f"in {what}: unsupported function {node.func.__name__!r}; gradc compiles "

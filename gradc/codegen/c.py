@@ -89,6 +89,13 @@ class Printer(C99CodePrinter):
 
     _print_Dummy = _print_Symbol
 
+    # derivatives of nested Max/Min can hold boolean-valued Piecewise; C99 needs no stdbool for 1/0
+    def _print_BooleanTrue(self, e):
+        return "1"
+
+    def _print_BooleanFalse(self, e):
+        return "0"
+
     def _print_Pow(self, e):
         b, x = e.args
         if x.is_Integer and 2 <= int(x) <= 4:
