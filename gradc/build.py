@@ -91,11 +91,19 @@ def _writable_root():
         return fallback
 
 
+def _meta_digest(meta):
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def entry_ok(entry):
-    """Whether a cache entry is complete and unaltered (hashes in meta.json match the files)."""
+    """The entry's metadata when it is complete and unaltered (meta.json and every file it
+    lists match their stored hashes), else None."""
     try:
         with open(os.path.join(entry, META)) as f:
             meta = json.load(f)
+        if meta.get("meta_sha256") != _meta_digest(meta):
+            return None
         for fname, digest in meta["files"].items():
             if _sha256_file(os.path.join(entry, fname)) != digest:
                 return None
@@ -120,6 +128,7 @@ def build(prog, dtype="float64", target="c", make_source=None):
         return entry, meta
     if os.path.isdir(entry):            # corrupt or truncated: move aside, rebuild
         _discard(entry, root)
+    _sweep(root)
     src, info = make_source()
     tmp = tempfile.mkdtemp(prefix=".build-", dir=root)
     try:
@@ -138,6 +147,24 @@ def build(prog, dtype="float64", target="c", make_source=None):
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     return entry, meta
+
+
+def _sweep(root, age=3600.0):
+    """Remove build folders that a killed process left behind (older than ``age`` seconds)."""
+    import time
+    now = time.time()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for n in names:
+        if n.startswith((".build-", ".trash-")):
+            p = os.path.join(root, n)
+            try:
+                if now - os.path.getmtime(p) > age:
+                    shutil.rmtree(p, ignore_errors=True)
+            except OSError:
+                pass
 
 
 def _safe(name):
@@ -174,12 +201,14 @@ def _compile(src, info, key, tmp):
     cmd = [cc, *FLAGS, *link, "-I", sysconfig.get_paths()["include"], "-I", tmp,
            wrapper, os.path.join(tmp, f"{M}.c"), "-o", os.path.join(tmp, so_name), "-lm"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BuildError(f"the C compiler failed on model {M!r} (exit {proc.returncode}):\n"
+    if proc.returncode != 0 or not os.path.isfile(os.path.join(tmp, so_name)):
+        why = f"exit {proc.returncode}" if proc.returncode else "it exited 0 but wrote no library"
+        raise BuildError(f"the C compiler failed on model {M!r} ({why}):\n"
                          f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
     os.remove(wrapper)
     files = {fn: _sha256_file(os.path.join(tmp, fn)) for fn in (f"{M}.c", f"{M}.h", so_name)}
     meta = dict(info, key=key, module=modname, so=so_name, files=files, gradc=__version__)
+    meta["meta_sha256"] = _meta_digest(meta)
     with open(os.path.join(tmp, META), "w") as f:
         json.dump(meta, f, indent=1, sort_keys=True)
     return meta
@@ -194,8 +223,11 @@ def load_extension(entry, meta):
     mod = _loaded.get(modname) or sys.modules.get(modname)
     if mod is None:
         path = os.path.join(entry, meta["so"])
-        spec = importlib.util.spec_from_file_location(modname, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        try:
+            spec = importlib.util.spec_from_file_location(modname, path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+        except (ImportError, OSError) as e:
+            raise BuildError(f"the compiled library {path} cannot be loaded: {e}") from None
         _loaded[modname] = mod
     return mod.lib, mod.ffi

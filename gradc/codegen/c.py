@@ -89,6 +89,12 @@ class Printer(C99CodePrinter):
 
     _print_Dummy = _print_Symbol
 
+    # M_PI and M_E are not C99, and would be doubles in a float32 build: print the number
+    def _print_NumberSymbol(self, e):
+        return self._print(sp.Float(e.evalf(20), 20))
+
+    _print_Pi = _print_Exp1 = _print_EulerGamma = _print_GoldenRatio = _print_Catalan = _print_NumberSymbol
+
     # derivatives of nested Max/Min can hold boolean-valued Piecewise; C99 needs no stdbool for 1/0
     def _print_BooleanTrue(self, e):
         return "1"
@@ -149,21 +155,34 @@ def _templates():
     return _env
 
 
+_digest = []
+
+
 def template_digest():
-    """A hash of the template texts (part of the cache key)."""
+    """A hash of everything that generates code: the C templates and gradc's own generator
+    modules, so that a changed generator never loads an artifact the old one made."""
+    if _digest:
+        return _digest[0]
     import hashlib
+    import os
     h = hashlib.sha256()
     root = resources.files("gradc.templates").joinpath("c")
     for name in sorted(p.name for p in root.iterdir() if p.name.endswith(".j2")):
         h.update(name.encode() + root.joinpath(name).read_bytes())
-    return h.hexdigest()
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for rel in ("model.py", "nn.py", "functions.py", "rewrite.py", "ir.py", "autodiff.py", "simplify.py",
+                "build.py", "codegen/c.py", "codegen/names.py"):
+        with open(os.path.join(pkg, rel), "rb") as f:
+            h.update(rel.encode() + f.read())
+    _digest.append(h.hexdigest())
+    return _digest[0]
 
 
 class _Builder:
     def __init__(self, prog, grad, dtype):
         self.prog, self.grad, self.dtype = prog, grad, dtype
         self.real_t = DTYPES[dtype]
-        names = Namer(reserved=("n", "s", "params", "grad", "work", "ws", "loss", "inv_n", "acc"))
+        names = Namer(reserved=("n", "s", "params", "grad", "work", "ws", "loss", "inv_n", "acc", "loss_sum"))
         self.model = ident(prog.name, "model")
         self.rt = self.model + "_real"
         self.c = {t.name: names(t.name) for t in prog.tensors.values()}

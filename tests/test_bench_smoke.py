@@ -1,0 +1,69 @@
+"""The benchmarks run (timings themselves belong to bench/, not to CI), and the mnist source stays small."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import EXAMPLES, ROOT
+
+BENCH = os.path.join(ROOT, "bench")
+
+
+def _bench_module(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compile_width_bench_runs_for_widths_16_and_64(tmp_path):
+    out = tmp_path / "rows.json"
+    p = subprocess.run([sys.executable, os.path.join(BENCH, "compile_width.py"), "--widths", "16,64",
+                        "--repeat", "1", "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "| width W |" in p.stdout and "\n| 16 |" in p.stdout and "\n| 64 |" in p.stdout
+    import json
+    rows = {r["width"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {16, 64}
+    # nothing is unrolled per hidden unit: the two sources have the same number of lines
+    assert rows[16]["c_lines"] == rows[64]["c_lines"]
+    assert rows[64]["n_params"] == 64 * 32 + 64 + 10 * 64 + 10
+
+
+def test_compile_width_check_flags_growth():
+    cw = _bench_module("compile_width")
+    row = lambda w, cpu, lines, nb: dict(width=w, cpu=cpu, c_lines=lines, c_norm_bytes=nb)  # noqa: E731
+    ok = [row(16, 9.0, 500, 9000), row(64, 1.0, 300, 8000), row(256, 1.4, 300, 8000), row(1024, 1.5, 300, 7000)]
+    assert cw.check(ok) == []
+    assert len(cw.check(ok + [row(2048, 1.6, 300, 8000)])) == 1             # time over 1.5x
+    assert len(cw.check(ok + [row(2048, 1.0, 301, 8000)])) == 1             # one more line
+    assert len(cw.check(ok + [row(2048, 1.0, 300, 8001)])) == 1             # one more byte
+    assert cw.check([row(16, 1.0, 300, 8000)]) != []                        # no reference width
+
+
+def test_compile_width_rejects_widths_without_the_reference():
+    p = subprocess.run([sys.executable, os.path.join(BENCH, "compile_width.py"), "--widths", "16,256"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.returncode != 0 and "64" in p.stderr
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_mnist_mlp_source_is_at_most_2000_lines(dtype):
+    from gradc.api import load_model_file
+    from gradc.autodiff import differentiate
+    from gradc.codegen.c import render
+    from gradc.ir import lower
+    prog = lower(load_model_file(os.path.join(EXAMPLES, "mnist_mlp", "model.py")).spec())
+    src = render(prog, differentiate(prog), dtype)
+    lines = src.c.count("\n")
+    assert lines <= 2000, f"mnist_mlp.c ({dtype}) has {lines} lines"
+    assert src.h.count("\n") <= 200
+
+
+def test_compile_times_bench_formats_its_table():
+    ct = _bench_module("compile_times")
+    rows = [("a", 1.0, "s", 5.0, True), ("b", 2500, "lines", 2000, False)]
+    t = ct.table(rows)
+    assert "| a | 1.000 s | < 5 s | yes |" in t and "**NO**" in t
