@@ -153,11 +153,12 @@ def cmd_train(args):
     from .train import Callback, Trainer, load_checkpoint
     model = _load(args)
     mod = compile_model(model, args.dtype)
+    import zipfile
     try:
         with np.load(args.data, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read --data {args.data}: {e}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"cannot read --data {args.data}: {e or type(e).__name__}") from None
     params = mod.init_params(seed=args.seed)
     if args.init:
         pre, _ = load_checkpoint(args.init, mod)

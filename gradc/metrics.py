@@ -17,6 +17,9 @@ def accuracy(pred, target):
     * ``pred`` of shape (N,) against labels in {0, 1}: ``pred > 0.5`` (a probability).
     """
     pred, target = np.asarray(pred), np.asarray(target)
+    if pred.ndim == 2 and pred.shape[1] == 1:      # one score per sample, kept as a column
+        pred = pred[:, 0]
+        target = target.reshape(len(target))
     if pred.ndim == 2 and target.ndim == 1:
         return float(np.mean(np.argmax(pred, axis=1) == target))
     if pred.ndim == 2 and target.ndim == 2:          # one-hot or probability targets

@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+import zipfile
 
 import numpy as np
 
@@ -112,8 +113,11 @@ class History(dict):
                 w.writerow(["" if v is None else v for v in row])
 
     def to_json(self, path):
+        # NaN and Inf are not JSON: a diverged epoch is written as null
+        clean = {k: [None if isinstance(v, float) and not math.isfinite(v) else v for v in col]
+                 for k, col in self.items()}
         with open(path, "w") as f:
-            json.dump(dict(self), f, indent=1)
+            json.dump(clean, f, indent=1)
 
     def plot(self, path, keys=None):
         """Write a PNG of the loss curves (needs matplotlib: ``pip install gradc[plot]``)."""
@@ -192,8 +196,9 @@ def load_checkpoint(path, module=None):
     try:
         with np.load(path, allow_pickle=False) as z:
             files = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"checkpoint {path}: not a readable gradc checkpoint ({e})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        why = "it holds Python objects" if "pickle" in str(e) else str(e) or type(e).__name__
+        raise ValueError(f"checkpoint {path}: not a readable gradc checkpoint ({why})") from None
     if "state_json" not in files or "model_hash" not in files:
         raise ValueError(f"checkpoint {path}: not a gradc checkpoint (no training state)")
     params = {k[6:]: v for k, v in files.items() if k.startswith("param/")}
@@ -265,6 +270,9 @@ class Trainer:
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), shuffle, drop_last
         self.seed, self.rng = seed, np.random.default_rng(seed)
         self.transform, self.callbacks, self.progress = transform, list(callbacks), progress
+        if hasattr(transform, "bind"):      # tell a transform which arrays are the model's inputs
+            masks = {a["name"] for a in module._compiled.meta["inputs"] if "dropout" in a}
+            transform.bind([k for k, dt in module.input_dtypes.items() if k not in masks and dt.kind == "f"])
         self.metrics = list(metrics)
         for mt in self.metrics:
             if isinstance(mt, str) and mt != "loss" and mt not in _metrics.METRICS:
@@ -287,8 +295,10 @@ class Trainer:
         masks = {a["name"] for a in m._compiled.meta["inputs"] if "dropout" in a}
         return [k for k in m.input_shapes if k not in masks] + list(m.target_shapes)
 
-    def check_data(self, data, what="training data"):
-        """Check names, shapes, label ranges and finiteness of a whole data set; returns it as arrays."""
+    def check_data(self, data, what="training data", finite=False):
+        """Check names, shapes and label ranges of a whole data set (and with ``finite``, that it
+        holds no NaN or Inf); returns it as arrays. Training data is checked for NaN batch by batch,
+        so that a bad batch can be reported by its index or skipped."""
         if not isinstance(data, dict):
             raise ValueError(f"{what} must be a dict of arrays keyed by input and target names")
         fields, shapes = self._fields(), {**self.module.input_shapes, **self.module.target_shapes}
@@ -311,6 +321,9 @@ class Trainer:
                 err = self.module._compiled.index_error(k, a)
                 if err:
                     raise ValueError(f"{what}: {err}")
+            if finite and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                bad = int(np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(1))[0])
+                raise ValueError(f"{what}: {k!r} holds NaN or Inf at sample {bad}")
             out[k] = a
         if not n:
             raise ValueError(f"{what} is empty")
@@ -440,7 +453,7 @@ class Trainer:
             val_data = {k: v[perm[:n_val]] for k, v in data.items()}
             data = {k: v[perm[n_val:]] for k, v in data.items()}
         if val_data is not None:
-            val_data = self.check_data(val_data, "validation data")
+            val_data = self.check_data(val_data, "validation data", finite=True)
         if isinstance(early_stopping, int) and not isinstance(early_stopping, bool):
             early_stopping = EarlyStopping("val_loss" if val_data is not None else "loss", patience=early_stopping)
         self.early = early_stopping
@@ -506,14 +519,22 @@ def fit(module, params, train_data, *, epochs=10, val_data=None, val_split=None,
 # ---- augmentation --------------------------------------------------------------
 
 class GaussianNoise:
-    """Adds N(0, std^2) noise to real inputs of each training batch: ``transform=GaussianNoise(0.1)``."""
+    """Adds N(0, std^2) noise to each training batch: ``transform=GaussianNoise(0.1)``.
+
+    ``keys`` names the arrays; by default, in a ``Trainer``, the model's real inputs (never its
+    targets). Used on its own without ``keys``, every real array of the batch.
+    """
 
     def __init__(self, std, keys=None):
-        self.std, self.keys = float(std), keys
+        self.std, self.keys, self._inputs = float(std), keys, None
+
+    def bind(self, inputs):
+        self._inputs = list(inputs)
 
     def __call__(self, batch, rng):
         out = dict(batch)
-        for k in (self.keys or [k for k, a in batch.items() if a.dtype.kind == "f"]):
+        keys = self.keys or self._inputs or [k for k, a in batch.items() if a.dtype.kind == "f"]
+        for k in keys:
             if k not in batch:
                 raise ValueError(f"GaussianNoise: no array {k!r} in the batch")
             a = batch[k]
