@@ -191,3 +191,12 @@ def test_a_truncated_resume_checkpoint_exits_2_with_one_line(setup, run_cli, tmp
     _ok(_train(run_cli, model, data, tmp_path / "a", "--quiet", epochs=1))
     cut = _truncated(tmp_path / "a" / "checkpoint.npz", tmp_path / "cut.npz")
     _one_line_error(_train(run_cli, model, data, tmp_path / "b", "--resume", cut, epochs=2), "cut.npz")
+
+
+def test_train_draws_the_loss_curve_png_when_matplotlib_is_installed(setup, run_cli, tmp_path):
+    pytest.importorskip("matplotlib")
+    model, data = setup
+    out = tmp_path / "run"
+    _ok(_train(run_cli, model, data, out))
+    png = out / "loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -796,3 +796,21 @@ def test_augmented_training_is_reproducible_and_differs_from_plain_training(mod)
     noisy = run(GaussianNoise(0.2, keys=["x"]))
     assert noisy == run(GaussianNoise(0.2, keys=["x"]))
     assert noisy != run(None)
+
+
+def test_progress_bar_reports_epochs_on_stderr_when_asked(reg, capsys):
+    pytest.importorskip("tqdm")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(16, 2))
+    Trainer(reg, reg.init_params(0), optimizer="sgd", lr=0.01, batch_size=8, progress=True).fit(
+        {"x": X, "y": X @ np.array([1.0, -1.0])}, epochs=3)
+    err = capsys.readouterr().err
+    assert "3/3" in err and "epoch" in err
+
+
+def test_progress_bar_is_quiet_when_stderr_is_not_a_terminal(reg, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(16, 2))
+    Trainer(reg, reg.init_params(0), optimizer="sgd", lr=0.01, batch_size=8).fit(
+        {"x": X, "y": X @ np.array([1.0, -1.0])}, epochs=2)
+    assert capsys.readouterr().err == ""
