@@ -132,3 +132,67 @@ def load(path, dtype="float64", target="c", model=None):
     Example: ``moons = gradc.load("examples/moons/model.py")``.
     """
     return compile_model(load_model_file(path, model), dtype, target)
+
+
+def read_weights(path, prog):
+    """Parameters for ``prog`` from a gradc checkpoint or an .npz of arrays named like the parameters.
+
+    Checks the model hash (for a checkpoint), the names and the shapes; raises ``ValueError``.
+    """
+    import zipfile
+
+    import numpy as np
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"cannot read weights {path}: {e or type(e).__name__}") from None
+    if "state_json" in files:                   # a checkpoint written by gradc.fit / gradc train
+        got = files["model_hash"].tobytes().decode()
+        if got != prog.digest():
+            raise ValueError(f"weights {path} were trained for another model (hash {got[:12]}, "
+                             f"this model {prog.digest()[:12]})")
+        files = {k[6:]: v for k, v in files.items() if k.startswith("param/")}
+    out = {}
+    for t in prog.params:
+        if t.name not in files:
+            raise ValueError(f"weights {path}: parameter {t.name!r} is missing")
+        if files[t.name].shape != t.shape:
+            raise ValueError(f"weights {path}: parameter {t.name!r} has shape {files[t.name].shape}, "
+                             f"expected {t.shape}")
+        out[t.name] = files[t.name]
+    extra = sorted(set(files) - set(out))
+    if extra:
+        raise ValueError(f"weights {path}: unknown parameter {extra[0]!r}")
+    return out
+
+
+def export(model, outdir, weights=None, dtype="float64", inference_only=False):
+    """Write ``NAME.h`` and ``NAME.c`` (and ``NAME_weights.c`` from ``weights``) into ``outdir``.
+
+    ``weights`` is a path (checkpoint or .npz of parameters) or a dict of arrays. Returns the
+    paths written. Example: ``gradc.api.export(m, "out", weights="run/checkpoint.npz")``.
+    """
+    from .codegen.c import render, render_weights
+    if dtype not in ("float32", "float64"):
+        raise ModelError(f"dtype must be float32 or float64, not {dtype!r}", where=None)
+    prog = lower_model(model)
+    if inference_only:
+        src = render(prog, None, dtype, inference_only=True)
+    else:
+        from .autodiff import differentiate
+        src = render(prog, differentiate(prog), dtype)
+    files = {f"{src.name}.h": src.h, f"{src.name}.c": src.c}
+    if weights is not None:
+        params = read_weights(weights, prog) if isinstance(weights, (str, os.PathLike)) else weights
+        files[f"{src.name}_weights.c"] = render_weights(src, params, dtype)
+    os.makedirs(outdir, exist_ok=True)
+    written = []
+    for fn, text in files.items():
+        path = os.path.join(outdir, fn)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        written.append(path)
+    return written

@@ -28,6 +28,15 @@ def _parser():
     c.add_argument("--target", choices=("c", "cuda"), default="c")
     c.add_argument("--model", help="which model, when the file defines several")
     c.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    e = sub.add_parser("export", help="write NAME.h, NAME.c (and NAME_weights.c) for another program")
+    e.add_argument("model_file")
+    e.add_argument("-o", "--outdir", default="export")
+    e.add_argument("--weights", help="trained parameters: a checkpoint, or an .npz of arrays by parameter name")
+    e.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    e.add_argument("--inference-only", action="store_true", help="forward only: smallest code and workspace")
+    e.add_argument("--name", help="C prefix (default: the model's name)")
+    e.add_argument("--model", help="which model, when the file defines several")
+    e.add_argument("--debug", action="store_true", help="show Python tracebacks")
     t = sub.add_parser("train", help="train a model on data from an .npz file")
     t.add_argument("model_file")
     t.add_argument("--data", required=True, help=".npz with one array per input and target, by name")
@@ -61,7 +70,7 @@ def _parser():
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
-        return {"compile": cmd_compile, "show": cmd_show, "train": cmd_train}[args.cmd](args)
+        return {"compile": cmd_compile, "show": cmd_show, "train": cmd_train, "export": cmd_export}[args.cmd](args)
     except ModelError as e:
         if args.debug:
             raise
@@ -78,7 +87,7 @@ def main(argv=None):
         print(f"gradc: error: {e}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as e:
-        if args.debug or args.cmd != "train":
+        if args.debug or args.cmd not in ("train", "export"):
             raise
         print(f"gradc: error: {e}", file=sys.stderr)
         return 2
@@ -144,6 +153,16 @@ def _write(path, text):
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def cmd_export(args):
+    from .api import export
+    model = _load(args)
+    if args.name:
+        model.name = args.name
+    written = export(model, args.outdir, args.weights, args.dtype, args.inference_only)
+    print(f"gradc: wrote {', '.join(written)}")
+    return 0
 
 
 def cmd_train(args):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import jinja2
+import numpy as np
 import sympy as sp
 from sympy.codegen.ast import float32, real
 from sympy.printing.c import C99CodePrinter
@@ -178,9 +179,13 @@ def template_digest():
     return _digest[0]
 
 
+ABI_VERSION = 1
+
+
 class _Builder:
-    def __init__(self, prog, grad, dtype):
+    def __init__(self, prog, grad, dtype, inference_only=False):
         self.prog, self.grad, self.dtype = prog, grad, dtype
+        self.inference_only = inference_only
         self.real_t = DTYPES[dtype]
         names = Namer(reserved=("n", "s", "params", "grad", "work", "ws", "loss", "inv_n", "acc", "loss_sum"))
         self.model = ident(prog.name, "model")
@@ -195,12 +200,13 @@ class _Builder:
         for t in prog.params:
             params.append(dict(name=t.name, c=self.c[t.name], offset=off, size=t.size, shape=list(t.shape)))
             off += t.size
-        stages = [s for s in prog.stages]
+        # an inference-only build keeps just what the outputs need
+        stages = live_stages(prog, prog.outputs) if self.inference_only else prog.stages
         ws, values = 0, {}
         for st in stages:
             values[st.name] = ws
             ws += prog.tensors[st.name].size
-        adj_stages = [a.stage.name for a in self.grad.adjoints]
+        adj_stages = [] if self.inference_only else [a.stage.name for a in self.grad.adjoints]
         sample_adj, batch_adj = {}, {}
         sample_begin = ws
         for n in adj_stages:
@@ -326,7 +332,7 @@ class _Builder:
                 if backward:
                     per_call.append((self.rt, "G_" + p["c"], f"grad + {p['offset']}"))
         for st in prog.stages:
-            if st.name in used or st.name in outputs:
+            if (st.name in used or st.name in outputs) and st.name in L["values"]:
                 per_call.append((self.rt, "V_" + self.c[st.name], f"ws + {L['values'][st.name]}"))
         if backward:
             for kind in ("sample_adj", "batch_adj"):
@@ -366,15 +372,16 @@ class _Builder:
         return out
 
 
-def render(prog, grad, dtype="float64"):
-    """Render ``prog`` (with its ``grad``) as C source, header and cffi cdef."""
+def render(prog, grad, dtype="float64", inference_only=False):
+    """Render ``prog`` (with its ``grad``) as C source, header and cffi cdef.
+
+    ``inference_only`` renders ``forward`` alone (``grad`` may then be None), with a
+    workspace holding just what the outputs need.
+    """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be float32 or float64, not {dtype!r}")
-    B = _Builder(prog, grad, dtype)
+    B = _Builder(prog, grad, dtype, inference_only)
     M = B.model
-    fwd = B.function(prog.outputs, backward=False)
-    lss = B.function([prog.loss, prog.reg], backward=False)
-    lg = B.function([prog.loss, prog.reg], backward=True)
     outputs = [dict(name=B.c[o], size=prog.tensors[o].size, shape=list(prog.tensors[o].shape),
                     value="V_" + B.c[o]) for o in prog.outputs]
     loss_st = prog.stage(prog.loss)
@@ -388,10 +395,13 @@ def render(prog, grad, dtype="float64"):
     args = {"forward": ["params"] + ins + ["out_" + o["name"] for o in outputs],
             "loss": ["params"] + ins + tgs + ["loss"],
             "loss_grad": ["params"] + ins + tgs + ["loss", "grad"]}
+    wanted = [("forward", prog.outputs, False)]
+    if not inference_only:
+        wanted += [("loss", [prog.loss, prog.reg], False), ("loss_grad", [prog.loss, prog.reg], True)]
     funcs = {}
-    for key, f, backward, outs in (("forward", fwd, False, prog.outputs), ("loss", lss, False, ()),
-                                   ("loss_grad", lg, True, ())):
-        per_call, per_sample = B.decls(f["used"], backward, outs)
+    for key, roots, backward in wanted:
+        f = B.function(roots, backward)
+        per_call, per_sample = B.decls(f["used"], backward, prog.outputs if key == "forward" else ())
         checks = B.int_checks(f["used"])
         # declare exactly the pointers the statements use: no unused variables
         text = [st[1] + " " + st[2] for k in ("batch", "sample", "sample_bwd", "batch_bwd")
@@ -399,8 +409,15 @@ def render(prog, grad, dtype="float64"):
         used = set(re.findall(r"[A-Za-z_]\w*", " ".join(text))) | set(extra[key]) | {ch["ptr"] for ch in checks}
         funcs[key] = dict(f, per_call=[d for d in per_call if d[1] in used],
                           per_sample=[d for d in per_sample if d[1] in used], checks=checks, args=args[key])
+    real_ins = [t for t in prog.inputs if t.dropout is None]
+    generic = None
+    if len(prog.inputs) == 1 and real_ins and len(prog.targets) == 1 and len(outputs) == 1:
+        tg = prog.targets[0]
+        generic = dict(input_size=real_ins[0].size, target_size=tg.size, target_int=tg.dtype == INT,
+                       target_ctype="int32_t" if tg.dtype == INT else M + "_real", output_size=outputs[0]["size"])
     ctx = dict(
-        M=M, MU=M.upper(), real=B.real_t, dtype=dtype,
+        M=M, MU=M.upper(), real=B.real_t, dtype=dtype, real_bytes=4 if dtype == "float32" else 8,
+        inference_only=inference_only, abi_version=ABI_VERSION, generic=generic,
         inputs=B.args(("input",)), targets=B.args(("target",)), outputs=outputs,
         params=B.layout["params"], n_params=B.layout["n_params"], ws=B.layout["ws"],
         sample_adj=B.layout["sample_adj_range"], batch_adj=B.layout["batch_adj_range"],
@@ -414,4 +431,27 @@ def render(prog, grad, dtype="float64"):
     cdef = env.get_template("c/cdef.j2").render(ctx)
     layout = dict(B.layout, c_names=B.c, prefix=M)
     return Source(M, c, h, cdef, layout)
+
+
+def c_literal(x, dtype):
+    """The shortest C literal that reads back as exactly ``x`` in ``dtype`` (float32: with F)."""
+    v = np.float32(x) if dtype == "float32" else np.float64(x)
+    if v == 0 or 1e-4 <= abs(v) < 1e7:
+        s = np.format_float_positional(v, unique=True, trim="0")
+    else:
+        s = np.format_float_scientific(v, unique=True, trim="0")
+    return s + ("F" if dtype == "float32" else "")
+
+
+def render_weights(src, params, dtype):
+    """``NAME_weights.c``: the parameter values as one const array, for embedding."""
+    rows = []
+    for p in src.layout["params"]:
+        a = np.asarray(params[p["name"]], dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"parameter {p['name']!r} holds NaN or Inf; refusing to export it")
+        lits = [c_literal(v, dtype) for v in a]
+        rows.append(dict(p, rows=[", ".join(lits[i:i + 6]) for i in range(0, len(lits), 6)]))
+    M = src.name
+    return _templates().get_template("c/weights.c.j2").render(M=M, MU=M.upper(), params=rows)
 
