@@ -7,6 +7,7 @@ Example::
     print(mod.loss(p, x=X, y=Y))
 """
 import os
+import signal
 import sys
 import threading
 
@@ -16,11 +17,25 @@ _TARGETS = ("c",)
 _lock = threading.Lock()
 
 
-def load_model_file(path, model=None):
+class _Timeout(BaseException):
+    """Raised inside a model file that runs past its time limit (BaseException: user code's
+    ``except Exception`` does not swallow it)."""
+
+
+def _default_timeout():
+    try:
+        return float(os.environ.get("GRADC_MODEL_TIMEOUT", "60"))
+    except ValueError:
+        return 60.0
+
+
+def load_model_file(path, model=None, timeout=None):
     """Run a model file and return the ``gradc.Model`` it defines.
 
     ``model`` picks one by variable or model name when the file defines
-    several. Errors name the file and line.
+    several. Errors name the file and line. A file that runs longer than
+    ``timeout`` seconds (default ``$GRADC_MODEL_TIMEOUT`` or 60) is stopped
+    with a ``ModelError``; the limit needs the main thread of a POSIX system.
     """
     from .model import Model
     path = os.fspath(path)
@@ -36,9 +51,19 @@ def load_model_file(path, model=None):
     except SyntaxError as e:
         raise ModelError(f"syntax error: {e.msg}", where=(path, e.lineno or 1)) from None
     ns = {"__name__": "__gradc_model__", "__file__": os.path.abspath(path)}
+    limit = _default_timeout() if timeout is None else float(timeout)
+    alarm = limit > 0 and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if alarm:
+        def on_alarm(signum, frame):
+            raise _Timeout()
+        old = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, limit)
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
     try:
         exec(code, ns)
+    except _Timeout:
+        raise ModelError(f"the model file did not finish within {limit:g} s (an endless loop? "
+                         f"GRADC_MODEL_TIMEOUT sets the limit)", where=_frame_in(sys.exc_info()[2], path)) from None
     except ModelError as e:
         if e.where is None or os.path.abspath(e.where[0]) != os.path.abspath(path):
             e.where = _frame_in(sys.exc_info()[2], path) or e.where
@@ -50,6 +75,9 @@ def load_model_file(path, model=None):
         where = _frame_in(sys.exc_info()[2], path)
         raise ModelError(f"{type(e).__name__}: {e}", where=where) from e
     finally:
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
         sys.path.pop(0)
     models = {k: v for k, v in ns.items() if isinstance(v, Model)}
     if model is not None:

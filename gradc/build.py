@@ -125,6 +125,7 @@ def build(prog, dtype="float64", target="c", make_source=None):
     entry = os.path.join(root, f"{_safe(prog.name)}-{key[:24]}")
     meta = entry_ok(entry) if os.path.isdir(entry) else None
     if meta is not None:
+        _touch(entry)
         return entry, meta
     if os.path.isdir(entry):            # corrupt or truncated: move aside, rebuild
         _discard(entry, root)
@@ -146,7 +147,51 @@ def build(prog, dtype="float64", target="c", make_source=None):
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+    evict(root, keep=entry)
     return entry, meta
+
+
+def _touch(entry):
+    # the folder's mtime records its last use, for least-recently-used eviction
+    try:
+        os.utime(entry)
+    except OSError:
+        pass
+
+
+def max_cache_bytes():
+    """``$GRADC_CACHE_MAX_BYTES``, default 2 GiB."""
+    try:
+        return int(float(os.environ.get("GRADC_CACHE_MAX_BYTES", 2 * 2**30)))
+    except ValueError:
+        return 2 * 2**30
+
+
+def evict(root, keep=None, limit=None):
+    """Delete least recently used entries until the cache holds at most ``limit`` bytes."""
+    limit = max_cache_bytes() if limit is None else limit
+    entries = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for n in names:
+        p = os.path.join(root, n)
+        if n.startswith(".") or not os.path.isdir(p):
+            continue
+        try:
+            size = sum(os.path.getsize(os.path.join(p, f)) for f in os.listdir(p))
+            entries.append((os.path.getmtime(p), size, p))
+        except OSError:
+            continue
+    total = sum(e[1] for e in entries)
+    for _, size, p in sorted(entries):
+        if total <= limit:
+            break
+        if keep is not None and os.path.samefile(p, keep):
+            continue
+        _discard(p, root)
+        total -= size
 
 
 def _sweep(root, age=3600.0):

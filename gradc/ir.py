@@ -415,6 +415,12 @@ def lower(spec):
         L.add_def(reg, (), (), sp.Add(*[e for e, _ in spec.reg]), None, "assign", (), spec.reg[0][1],
                   "the regularization")
     prog = Program(spec.name, L.tensors, L.stages, loss, reg, list(spec.outputs), L.int_bounds)
+    from .model import MAX_ELEMENTS
+    for kind, what in (("param", "parameters"), ("stage", "intermediate tensors")):
+        total = sum(t.size for t in prog.tensors.values() if t.kind == kind)
+        if total > MAX_ELEMENTS // 2:
+            raise ModelError(f"the model's {what} hold {total:,} values together; gradc kernels index with "
+                             f"32-bit ints, which allows at most {MAX_ELEMENTS // 2:,}", spec.loss_where)
     deps = _deps(prog)
     if reg is not None:
         for e, where in spec.reg:

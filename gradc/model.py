@@ -33,6 +33,9 @@ _DTYPES = {"real": REAL, "float": REAL, "float32": REAL, "float64": REAL,
 
 _current = [None]
 
+# the generated C indexes with int: every tensor, and all parameters together, stay below 2**31
+MAX_ELEMENTS = 2**31 - 1
+
 
 def current_model():
     """The model most recently created (used by helpers given only SymPy expressions)."""
@@ -94,9 +97,14 @@ def _shape(shape, what):
         shape = tuple(shape)
     except TypeError:
         raise ModelError(f"shape of {what} must be an int or a tuple of ints, not {shape!r}")
+    n = 1
     for d in shape:
         if not isinstance(d, int) or isinstance(d, bool) or d < 1:
             raise ModelError(f"shape of {what} must hold positive ints, got {shape!r}")
+        n *= d
+    if n > MAX_ELEMENTS:
+        raise ModelError(f"{what} of shape {shape} has {n:,} elements; a tensor may hold at most "
+                         f"{MAX_ELEMENTS:,} (the kernels index with 32-bit ints)")
     return shape
 
 

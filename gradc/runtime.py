@@ -12,6 +12,7 @@ Example::
     L, g = mod.loss_and_grad(p, x=X, y=Y)
 """
 import math
+import os
 import threading
 import types
 from collections.abc import Mapping
@@ -23,6 +24,21 @@ from .build import load_extension
 
 _ERRORS = {1: "the batch is empty", 2: "a NULL pointer was passed",
            3: "an integer input used as an index is out of range"}
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_alloc(nbytes, what):
+    """Refuse, before allocating, an array larger than this machine's physical memory."""
+    mem = _physical_memory()
+    if mem and nbytes > mem:
+        raise ValueError(f"{what} would need {nbytes / 2**30:,.1f} GiB, more than this machine's "
+                         f"{mem / 2**30:,.1f} GiB of memory")
 
 
 class Compiled:
@@ -59,6 +75,7 @@ class Compiled:
         The arrays are views into one flat buffer, in declaration order.
         """
         rng = np.random.default_rng(seed)
+        check_alloc(self.n_params * self.dtype.itemsize, "the parameters")
         flat = np.empty(self.n_params, dtype=self.dtype)
         out = {}
         for p in self.params:
@@ -200,6 +217,8 @@ class Compiled:
         """
         flat = self._flat_params(params)
         n, arrays = self._data(inputs, self.meta["inputs"], "input", dropout_rng)
+        per_sample = sum(math.prod(o["shape"]) for o in self.meta["outputs"])
+        check_alloc(n * per_sample * self.dtype.itemsize, f"the outputs of a batch of {n}")
         outs = {o["name"]: np.empty((n, *o["shape"]), dtype=self.dtype) for o in self.meta["outputs"]}
         rc = self._fwd(n, self._ptr(flat), *[self._ptr(a) for a in arrays],
                        *[self._ptr(o) for o in outs.values()], self._work())

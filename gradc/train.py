@@ -202,7 +202,13 @@ def load_checkpoint(path, module=None):
     if "state_json" not in files or "model_hash" not in files:
         raise ValueError(f"checkpoint {path}: not a gradc checkpoint (no training state)")
     params = {k[6:]: v for k, v in files.items() if k.startswith("param/")}
-    state = _from_json(json.loads(files["state_json"].tobytes().decode()), files)
+    for k, v in params.items():
+        if v.dtype.kind != "f":
+            raise ValueError(f"checkpoint {path}: parameter {k!r} holds {v.dtype} values, not floats")
+    try:
+        state = _from_json(json.loads(files["state_json"].tobytes().decode()), files)
+    except (ValueError, KeyError, UnicodeDecodeError) as e:
+        raise ValueError(f"checkpoint {path}: its training state is damaged ({e})") from None
     got = files["model_hash"].tobytes().decode()
     if module is not None:
         want = module._compiled.meta.get("model_hash")
