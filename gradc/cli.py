@@ -169,7 +169,10 @@ def cmd_train(args):
     import numpy as np
 
     from .api import compile_model
+    from .distributed import world_from_environment
     from .train import Callback, Trainer, load_checkpoint
+    comm = world_from_environment()            # under mpiexec -n N: data-parallel over N ranks
+    root = comm is None or comm.Get_rank() == 0
     model = _load(args)
     mod = compile_model(model, args.dtype)
     import zipfile
@@ -184,12 +187,13 @@ def cmd_train(args):
         for k in params:
             params[k][...] = pre[k]
     opt_kw = {k: v for k, v in (("weight_decay", args.weight_decay), ("momentum", args.momentum)) if v is not None}
-    os.makedirs(args.outdir, exist_ok=True)
+    if root:
+        os.makedirs(args.outdir, exist_ok=True)
     ckpt = args.checkpoint or os.path.join(args.outdir, "checkpoint.npz")
 
     class Lines(Callback):
         def on_epoch_end(self, trainer, epoch, logs):
-            if not args.quiet:
+            if not args.quiet and root:
                 print(f"epoch {epoch + 1:4d}  " + "  ".join(
                     f"{k} {v:.5g}" for k, v in logs.items()
                     if isinstance(v, float) and k not in ("seconds", "lr", "epoch")), flush=True)
@@ -197,13 +201,15 @@ def cmd_train(args):
     trainer = Trainer(mod, params, optimizer=args.optimizer, lr=args.lr, optimizer_options=opt_kw,
                       frozen=[f for f in args.freeze.split(",") if f], batch_size=args.batch_size,
                       seed=args.seed, metrics=[m for m in args.metrics.split(",") if m], callbacks=[Lines()],
-                      progress=False)
+                      progress=False, comm=comm)
     try:
         hist = trainer.fit(data, epochs=args.epochs, val_split=args.val_split, checkpoint=ckpt,
                            resume=args.resume, early_stopping=args.early_stopping)
     except KeyboardInterrupt:
         print(f"gradc: interrupted; the last complete epoch is in {ckpt}", file=sys.stderr)
         return 130
+    if not root:
+        return 0
     hist.to_csv(os.path.join(args.outdir, "history.csv"))
     hist.to_json(os.path.join(args.outdir, "history.json"))
     wrote = [ckpt, "history.csv", "history.json"]
@@ -212,7 +218,8 @@ def cmd_train(args):
         wrote.append("loss.png")
     except ImportError:
         pass
-    print(f"gradc: trained {len(hist.get('epoch', []))} epochs; wrote {', '.join(wrote)} in {args.outdir}")
+    ranks = f" on {comm.Get_size()} ranks" if comm is not None else ""
+    print(f"gradc: trained {len(hist.get('epoch', []))} epochs{ranks}; wrote {', '.join(wrote)} in {args.outdir}")
     return 0
 
 

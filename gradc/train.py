@@ -249,7 +249,7 @@ class Trainer:
     def __init__(self, module, params, optimizer="adam", lr=None, *, optimizer_options=None, options=None,
                  frozen=(), batch_size=32, seed=0, shuffle=True, metrics=("loss",), output=None, target=None,
                  transform=None, scheduler=None, scheduler_interval="epoch", clip_grad_norm=None, nan="raise",
-                 callbacks=(), progress=None, drop_last=False):
+                 callbacks=(), progress=None, drop_last=False, comm=None):
         self.module, self.params = module, params
         if set(params) != set(module.param_shapes):
             raise ValueError(f"params must hold exactly the model's parameters {list(module.param_shapes)}")
@@ -287,6 +287,30 @@ class Trainer:
             self._pick(target, module.target_shapes, "target")
         self.epoch, self.step_count, self.history = 0, 0, History()
         self.early = None
+        self.dist = None
+        if comm is not None and comm.Get_size() > 1:
+            self._join(comm)
+
+    def _join(self, comm):
+        """Data-parallel set-up: same model everywhere, rank 0's parameters, shards of equal size."""
+        from .distributed import Comm
+        self.dist = d = Comm(comm)
+        if self.batch_size % d.size:
+            raise ValueError(f"the global batch size {self.batch_size} is not divisible by the {d.size} ranks; "
+                             f"choose a multiple of {d.size}")
+        d.same_everywhere(self.module._compiled.meta.get("model_hash", ""), "the model")
+        d.same_everywhere(str(self.seed), "the seed")
+        for a in self.params.values():          # everyone starts from rank 0's parameters
+            buf = np.ascontiguousarray(a)
+            d.bcast(buf, "the broadcast of the parameters")
+            a[...] = buf
+        if d.rank != 0:
+            self.progress = False
+
+    @property
+    def is_root(self):
+        """Whether this process writes checkpoints, history and progress (rank 0, or no MPI)."""
+        return self.dist is None or self.dist.rank == 0
 
     def _pick(self, name, names, what):
         if name is not None:
@@ -412,6 +436,29 @@ class Trainer:
             self.early.set_state(st["early"], st.get("early_best"))
 
     # ---- training ------------------------------------------------------
+    def _loss_and_grad(self, batch):
+        if self.dist is None:
+            return self.module.loss_and_grad(self.params, dropout_rng=self.rng, **batch)
+        from .distributed import shard
+        c = self.module._compiled
+        # masks for the whole global batch, from the generator every rank shares: as one process would
+        batch = c._masks(batch, c.meta["inputs"] + c.meta["targets"], self.rng)
+        n = len(next(iter(batch.values())))
+        part = shard(n, self.dist.size, self.dist.rank)
+        mine = {k: v[part] for k, v in batch.items()}
+        n_mine = part.stop - part.start
+        flat = np.zeros(c.n_params + 1, dtype=np.float64)
+        if n_mine:
+            loss, grads = self.module.loss_and_grad(self.params, **mine)
+            for p in c.params:
+                flat[p["offset"]:p["offset"] + p["size"]] = grads[p["name"]].ravel()
+            flat[:-1] *= n_mine
+            flat[-1] = loss * n_mine
+        mean = self.dist.reduce_mean(flat, n)
+        grads = {p["name"]: mean[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"]).astype(c.dtype)
+                 for p in c.params}
+        return float(mean[-1]), grads
+
     def train_epoch(self, data):
         n = len(next(iter(data.values())))
         losses, skipped = [], 0
@@ -422,7 +469,7 @@ class Trainer:
             why = self._nonfinite(batch)
             loss = grads = None
             if why is None:
-                loss, grads = self.module.loss_and_grad(self.params, dropout_rng=self.rng, **batch)
+                loss, grads = self._loss_and_grad(batch)
                 if not math.isfinite(loss):
                     why = f"the loss is {loss}"
             if why is not None:
@@ -492,7 +539,7 @@ class Trainer:
                 self.epoch += 1
                 if self.scheduler is not None and self.scheduler_interval == "epoch":
                     self.scheduler.step()
-                if checkpoint is not None:
+                if checkpoint is not None and self.is_root:
                     self.save(checkpoint)
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()
@@ -510,6 +557,7 @@ class Trainer:
 
 def fit(module, params, train_data, *, epochs=10, val_data=None, val_split=None, early_stopping=None,
         checkpoint=None, resume=None, **trainer_options):
+    # trainer_options include comm=MPI.COMM_WORLD for data-parallel training (gradc.distributed)
     """Train ``params`` (in place) on ``train_data``; returns the ``History``. See ``Trainer``.
 
     Example::
