@@ -111,6 +111,7 @@ def lower_model(model):
 
 def module_info(prog, src, dtype, target):
     """The metadata the generated module needs (shapes, dtypes, initializers, layout)."""
+    from .codegen.c import LANES
     L = src.layout
     params = [dict(name=p["name"], shape=p["shape"], offset=p["offset"], size=p["size"],
                    init=prog.tensors[p["name"]].init) for p in L["params"]]
@@ -124,7 +125,7 @@ def module_info(prog, src, dtype, target):
                 n_params=L["n_params"], inputs=[arg(t) for t in prog.inputs],
                 targets=[arg(t) for t in prog.targets],
                 outputs=[dict(name=o, shape=list(prog.tensors[o].shape)) for o in prog.outputs],
-                int_bounds=dict(prog.int_bounds), ws_reals=L["ws"])
+                int_bounds=dict(prog.int_bounds), ws_reals=L["ws"].at(LANES), ws_ints=L["ints"].at(LANES))
 
 
 def build_model(model_or_prog, dtype="float64", target="c"):

@@ -33,7 +33,7 @@ import warnings
 from ._version import __version__
 from .errors import BuildError
 
-FLAGS = ["-O3", "-march=native", "-fPIC", "-fno-math-errno"]
+FLAGS = ["-O3", "-march=native", "-fPIC", "-fno-math-errno", "-fopenmp-simd", "-DGRADC_SIMD"]
 META = "meta.json"
 
 

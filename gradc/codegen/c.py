@@ -52,14 +52,14 @@ class Printer(C99CodePrinter):
         self.suffix = "f" if dtype == "float32" else ""
 
     def flat(self, name, idx):
-        ptr, shape, _ = self.where[name]
-        if not shape:
-            return f"{ptr}[0]"
+        ptr, shape, _, blocked = self.where[name]
         expr = ""
         for d, e in enumerate(idx):
             term = self.index(sp.sympify(e))
             expr = term if d == 0 else f"({expr})*{shape[d]} + {term}"
-        return f"{ptr}[{expr}]"
+        if blocked:        # a block of samples, the sample innermost
+            return f"{ptr}[b]" if not shape else f"{ptr}[({expr})*GC_L + b]"
+        return f"{ptr}[0]" if not shape else f"{ptr}[{expr}]"
 
     def index(self, e):
         if e.is_Integer:
@@ -182,18 +182,49 @@ def template_digest():
 ABI_VERSION = 1
 
 
+LANES = 16     # samples per block; overridable when compiling: -DNAME_LANES=1 for single-sample devices
+
+
+class _Off:
+    """A workspace offset or size: ``const + lanes * per_lane`` (lanes is a C macro)."""
+
+    def __init__(self, const=0, lane=0):
+        self.const, self.lane = const, lane
+
+    def __add__(self, o):
+        return _Off(self.const + o.const, self.lane + o.lane)
+
+    def c(self):
+        if not self.lane:
+            return str(self.const)
+        lanes = "GC_L" if self.lane == 1 else f"{self.lane} * GC_L"
+        return lanes if not self.const else f"{self.const} + {lanes}"
+
+    def at(self, lanes):
+        return self.const + self.lane * lanes
+
+
 class _Builder:
+    """Plans the loop nests. Every per-sample tensor is stored for a block of GC_L samples,
+    element-major with the sample innermost (``T[i * GC_L + b]``), so each statement runs in
+    an innermost loop over the block's samples that the C compiler vectorizes; parameter
+    gradients are sums over that loop."""
+
     def __init__(self, prog, grad, dtype, inference_only=False):
         self.prog, self.grad, self.dtype = prog, grad, dtype
         self.inference_only = inference_only
         self.real_t = DTYPES[dtype]
-        names = Namer(reserved=("n", "s", "params", "grad", "work", "ws", "loss", "inv_n", "acc", "loss_sum"))
+        names = Namer()
         self.model = ident(prog.name, "model")
         self.rt = self.model + "_real"
         self.c = {t.name: names(t.name) for t in prog.tensors.values()}
         self.layout = self._layout()
 
     # ---- memory --------------------------------------------------------
+    def _size(self, name):
+        t = self.prog.tensors[name]
+        return _Off(t.size) if t.scope == "batch" else _Off(0, t.size)
+
     def _layout(self):
         prog = self.prog
         off, params = 0, []
@@ -202,38 +233,51 @@ class _Builder:
             off += t.size
         # an inference-only build keeps just what the outputs need
         stages = live_stages(prog, prog.outputs) if self.inference_only else prog.stages
-        ws, values = 0, {}
+        ws, values = _Off(), {}
         for st in stages:
             values[st.name] = ws
-            ws += prog.tensors[st.name].size
+            ws = ws + self._size(st.name)
         adj_stages = [] if self.inference_only else [a.stage.name for a in self.grad.adjoints]
         sample_adj, batch_adj = {}, {}
         sample_begin = ws
         for n in adj_stages:
             if prog.tensors[n].scope == "sample":
                 sample_adj[n] = ws
-                ws += prog.tensors[n].size
+                ws = ws + self._size(n)
         sample_end = batch_begin = ws
         for n in adj_stages:
             if prog.tensors[n].scope == "batch":
                 batch_adj[n] = ws
-                ws += prog.tensors[n].size
-        return dict(params=params, n_params=off, values=values, sample_adj=sample_adj,
-                    batch_adj=batch_adj, sample_adj_range=(sample_begin, sample_end),
-                    batch_adj_range=(batch_begin, ws), ws=ws)
+                ws = ws + self._size(n)
+        batch_end = ws
+        lanes_in, ints = {}, _Off()
+        for t in prog.inputs + prog.targets:     # the block's inputs, gathered sample-innermost
+            if t.dtype == INT:
+                lanes_in[t.name] = ints
+                ints = ints + _Off(0, t.size)
+            else:
+                lanes_in[t.name] = ws
+                ws = ws + _Off(0, t.size)
+        return dict(params=params, n_params=off, values=values, sample_adj=sample_adj, batch_adj=batch_adj,
+                    sample_adj_range=(sample_begin, sample_end), batch_adj_range=(batch_begin, batch_end),
+                    lanes_in=lanes_in, ws=ws, ints=ints)
+
+    def blocked(self, name):
+        t = self.prog.tensors[name]
+        return t.kind in ("input", "target") or t.scope == "sample"
 
     def where(self):
-        """Where every tensor and adjoint lives inside a function body."""
+        """Where every tensor and adjoint lives inside a function body: (pointer, shape, dtype, blocked)."""
         prog, L = self.prog, self.layout
         w = {}
         for t in prog.tensors.values():
             pre = {"param": "P_", "input": "X_", "target": "Y_", "stage": "V_"}[t.kind]
-            w[t.name] = (pre + self.c[t.name], t.shape, t.dtype)
+            w[t.name] = (pre + self.c[t.name], t.shape, t.dtype, self.blocked(t.name))
         for t in prog.params:
-            w[adjoint_symbol(t.name).name] = ("G_" + self.c[t.name], t.shape, t.dtype)
+            w[adjoint_symbol(t.name).name] = ("G_" + self.c[t.name], t.shape, t.dtype, False)
         for n in list(L["sample_adj"]) + list(L["batch_adj"]):
             t = prog.tensors[n]
-            w[adjoint_symbol(n).name] = ("D_" + self.c[n], t.shape, t.dtype)
+            w[adjoint_symbol(n).name] = ("D_" + self.c[n], t.shape, t.dtype, self.blocked(n))
         return w
 
     # ---- loop nests ----------------------------------------------------
@@ -259,26 +303,35 @@ class _Builder:
         pr, names = self.printer(list(st.idx) + red_vars)
         loops = [(names[k], n) for k, n in zip(st.idx, t.shape)]
         inner = [(names[k], n) for k, n in st.red]
+        lanes = st.scope == "sample"
+
+        def block(stmts):     # statements of one sample, run for every sample of the block
+            return [("lanes", stmts)] if lanes else stmts
+        acc = "acc[b]" if lanes else "acc"
         if st.elements is not None:
             temps, vals = cse_block(st.elements)
             outer, _ = self._temps(pr, names, temps, [])
             body = outer + [("set", pr.flat(st.name, unflat(e, t.shape)), pr.doprint(v))
                             for e, v in enumerate(vals)]
-            return dict(loops=[], pre=[], inner=[], body=body, post=[], comment=f"{self.c[st.name]} (unrolled)")
+            return dict(loops=[], pre=[], inner=[], body=block(body), post=[],
+                        comment=f"{self.c[st.name]} (unrolled)")
         temps, (val,) = cse_block([st.body])
         outer, inner_t = self._temps(pr, names, temps, red_vars)
         target = pr.flat(st.name, st.idx)
         if st.op == "assign":
-            return dict(loops=loops, pre=[], inner=[], body=outer + [("set", target, pr.doprint(val))],
+            return dict(loops=loops, pre=[], inner=[], body=block(outer + [("set", target, pr.doprint(val))]),
                         post=[], comment=self.c[st.name])
-        if st.op == "sum":
-            pre = outer + [("var", "acc", "0")]
-            body = inner_t + [("add", "acc", pr.doprint(val))]
+        init = "0" if st.op == "sum" else ("-HUGE_VALF" if self.dtype == "float32" else "-HUGE_VAL")
+        pre = [("arr" if lanes else "var", "acc", init)]
+        if lanes:      # per-lane temporaries are recomputed inside the sample loop
+            inner_t = outer + inner_t
         else:
-            lowest = "-HUGE_VALF" if self.dtype == "float32" else "-HUGE_VAL"
-            pre = outer + [("var", "acc", lowest)]
-            body = inner_t + [("decl", "v", pr.doprint(val)), ("max", "acc", "v")]
-        return dict(loops=loops, pre=pre, inner=inner, body=body, post=[("set", target, "acc")],
+            pre = outer + pre
+        if st.op == "sum":
+            body = block(inner_t + [("add", acc, pr.doprint(val))])
+        else:
+            body = block(inner_t + [("decl", "v", pr.doprint(val)), ("max", acc, "v")])
+        return dict(loops=loops, pre=pre, inner=inner, body=body, post=block([("set", target, acc)]),
                     comment=f"{self.c[st.name]}: {st.op} over {len(inner)} loop(s)")
 
     def backward_nest(self, adj):
@@ -288,17 +341,35 @@ class _Builder:
         pr, names = self.printer(list(st.idx) + red_vars)
         temps, vals = cse_block([u.expr for u in adj.updates])
         outer, inner_t = self._temps(pr, names, temps, red_vars)
-        stmts = [("add", pr.flat(adjoint_symbol(u.tensor).name, u.idx), pr.doprint(v))
-                 for u, v in zip(adj.updates, vals)]
-        if st.elements is not None:
-            return dict(loops=[], pre=[], inner=[], body=outer + stmts, post=[],
-                        comment=f"d/d {self.c[st.name]} (unrolled)")
-        loops = [(names[k], n) for k, n in zip(st.idx, t.shape)]
-        inner = [(names[k], n) for k, n in st.red]
-        if inner:
-            return dict(loops=loops, pre=outer, inner=inner, body=inner_t + stmts, post=[],
-                        comment=f"d/d {self.c[st.name]}")
-        return dict(loops=loops, pre=[], inner=[], body=outer + stmts, post=[], comment=f"d/d {self.c[st.name]}")
+        loops = [] if st.elements is not None else [(names[k], n) for k, n in zip(st.idx, t.shape)]
+        inner = [] if st.elements is not None else [(names[k], n) for k, n in st.red]
+        comment = f"d/d {self.c[st.name]}" + (" (unrolled)" if st.elements is not None else "")
+        if st.scope == "batch":
+            stmts = [("add", pr.flat(adjoint_symbol(u.tensor).name, u.idx), pr.doprint(v))
+                     for u, v in zip(adj.updates, vals)]
+            if inner:
+                return dict(loops=loops, pre=outer, inner=inner, body=inner_t + stmts, post=[], comment=comment)
+            return dict(loops=loops, pre=[], inner=[], body=outer + stmts, post=[], comment=comment)
+        # a per-sample stage: per-sample adjoints are updated lane by lane; adjoints of parameters
+        # and of once-per-batch tensors receive the sum over the block's samples
+        # (a scatter-add through an int32 input, dE[u, k], goes lane by lane and is never vectorized:
+        # two samples of a block may name the same row)
+        stmts, sums, scatters = [], [], []
+        for u, v in zip(adj.updates, vals):
+            target = pr.flat(adjoint_symbol(u.tensor).name, u.idx)
+            if self.blocked(u.tensor):
+                stmts.append(("add", target, pr.doprint(v)))
+            elif any(reads(sp.sympify(i), self.prog.tensors) for i in u.idx):
+                scatters.append(("add", target, pr.doprint(v)))
+            else:
+                r = f"r{len(sums)}"
+                sums.append((r, target))
+                stmts.append(("add", r, pr.doprint(v)))
+        temps = outer + inner_t
+        body = [("lanes_sum", sums, temps + stmts)] if sums else [("lanes", temps + stmts)] if stmts else []
+        if scatters:
+            body.append(("lanes_serial", temps + scatters))
+        return dict(loops=loops, pre=[], inner=inner, body=body, post=[], comment=comment)
 
     # ---- functions -----------------------------------------------------
     def function(self, roots, backward):
@@ -325,26 +396,36 @@ class _Builder:
     def decls(self, used, backward, outputs=()):
         """Pointer declarations for the tensors a function touches, in a stable order."""
         prog, L = self.prog, self.layout
-        per_call, per_sample = [], []
+        out = []
         for p in L["params"]:
             if p["name"] in used:
-                per_call.append(("const " + self.rt, "P_" + p["c"], f"params + {p['offset']}"))
+                out.append(("const " + self.rt, "P_" + p["c"], f"params + {p['offset']}"))
                 if backward:
-                    per_call.append((self.rt, "G_" + p["c"], f"grad + {p['offset']}"))
+                    out.append((self.rt, "G_" + p["c"], f"grad + {p['offset']}"))
         for st in prog.stages:
             if (st.name in used or st.name in outputs) and st.name in L["values"]:
-                per_call.append((self.rt, "V_" + self.c[st.name], f"ws + {L['values'][st.name]}"))
+                out.append((self.rt, "V_" + self.c[st.name], f"ws + {L['values'][st.name].c()}"))
         if backward:
             for kind in ("sample_adj", "batch_adj"):
                 for n, off in L[kind].items():
-                    per_call.append((self.rt, "D_" + self.c[n], f"ws + {off}"))
+                    out.append((self.rt, "D_" + self.c[n], f"ws + {off.c()}"))
         for t in prog.inputs + prog.targets:
             if t.name in used:
-                ct = "const int32_t" if t.dtype == INT else "const " + self.rt
+                pre = "X_" if t.kind == "input" else "Y_"
+                off = L["lanes_in"][t.name].c()
+                out.append(("int32_t", pre + self.c[t.name], f"wsi + {off}") if t.dtype == INT
+                           else (self.rt, pre + self.c[t.name], f"ws + {off}"))
+        return out
+
+    def gathers(self, used):
+        """Copies of the inputs and targets a function reads into its sample-innermost block buffers."""
+        out = []
+        for t in self.prog.inputs + self.prog.targets:
+            if t.name in used:
                 pre = "X_" if t.kind == "input" else "Y_"
                 arg = ("in_" if t.kind == "input" else "tg_") + self.c[t.name]
-                per_sample.append((ct, pre + self.c[t.name], f"{arg} + (size_t)s * {t.size}"))
-        return per_call, per_sample
+                out.append(dict(dst=pre + self.c[t.name], src=arg, size=t.size))
+        return out
 
     def int_checks(self, used):
         """Range checks of int32 inputs used as indices: one loop when every element has one bound."""
@@ -353,7 +434,7 @@ class _Builder:
             t = self.prog.tensors[name]
             if name not in used:
                 continue
-            ptr = ("X_" if t.kind == "input" else "Y_") + self.c[name]
+            ptr = ("in_" if t.kind == "input" else "tg_") + self.c[name]
             if all(b is not None for b in bounds) and len(set(bounds)) == 1:
                 out.append(dict(ptr=ptr, size=t.size, bound=bounds[0], elems=None))
             else:
@@ -383,7 +464,7 @@ def render(prog, grad, dtype="float64", inference_only=False):
     B = _Builder(prog, grad, dtype, inference_only)
     M = B.model
     outputs = [dict(name=B.c[o], size=prog.tensors[o].size, shape=list(prog.tensors[o].shape),
-                    value="V_" + B.c[o]) for o in prog.outputs]
+                    value="V_" + B.c[o], blocked=B.blocked(o)) for o in prog.outputs]
     loss_st = prog.stage(prog.loss)
     c = lambda n: B.c[n]  # noqa: E731
     extra = {"forward": ["V_" + o["name"] for o in outputs],
@@ -401,14 +482,17 @@ def render(prog, grad, dtype="float64", inference_only=False):
     funcs = {}
     for key, roots, backward in wanted:
         f = B.function(roots, backward)
-        per_call, per_sample = B.decls(f["used"], backward, prog.outputs if key == "forward" else ())
+        decls = B.decls(f["used"], backward, prog.outputs if key == "forward" else ())
         checks = B.int_checks(f["used"])
+        gathers = B.gathers(f["used"])
         # declare exactly the pointers the statements use: no unused variables
-        text = [st[1] + " " + st[2] for k in ("batch", "sample", "sample_bwd", "batch_bwd")
-                for n in f.get(k, []) for part in ("pre", "body", "post") for st in n[part]]
-        used = set(re.findall(r"[A-Za-z_]\w*", " ".join(text))) | set(extra[key]) | {ch["ptr"] for ch in checks}
-        funcs[key] = dict(f, per_call=[d for d in per_call if d[1] in used],
-                          per_sample=[d for d in per_sample if d[1] in used], checks=checks, args=args[key])
+        text = " ".join(_texts(n[part]) for k in ("batch", "sample", "sample_bwd", "batch_bwd")
+                        for n in f.get(k, []) for part in ("pre", "body", "post"))
+        used = set(re.findall(r"[A-Za-z_]\w*", text)) | set(extra[key])
+        decls = [d for d in decls if d[1] in used]
+        gathers = [g for g in gathers if g["dst"] in used]
+        funcs[key] = dict(f, decls=decls, checks=checks, gathers=gathers, args=args[key],
+                          ints=any(d[2].startswith("wsi") for d in decls))
     real_ins = [t for t in prog.inputs if t.dropout is None]
     generic = None
     if len(prog.inputs) == 1 and real_ins and len(prog.targets) == 1 and len(outputs) == 1:
@@ -419,8 +503,8 @@ def render(prog, grad, dtype="float64", inference_only=False):
         M=M, MU=M.upper(), real=B.real_t, dtype=dtype, real_bytes=4 if dtype == "float32" else 8,
         inference_only=inference_only, abi_version=ABI_VERSION, generic=generic,
         inputs=B.args(("input",)), targets=B.args(("target",)), outputs=outputs,
-        params=B.layout["params"], n_params=B.layout["n_params"], ws=B.layout["ws"],
-        sample_adj=B.layout["sample_adj_range"], batch_adj=B.layout["batch_adj_range"],
+        params=B.layout["params"], n_params=B.layout["n_params"], ws=B.layout["ws"], ints=B.layout["ints"],
+        lanes=LANES, sample_adj=B.layout["sample_adj_range"], batch_adj=B.layout["batch_adj_range"],
         loss="V_" + B.c[prog.loss], loss_adj="D_" + B.c[prog.loss], loss_per_sample=loss_st.scope == "sample",
         reg=("V_" + B.c[prog.reg]) if prog.reg else None, reg_adj=("D_" + B.c[prog.reg]) if prog.reg else None,
         f=funcs, suffix="f" if dtype == "float32" else "", lit=(lambda x: f"{x}F" if dtype == "float32" else x),
@@ -431,6 +515,19 @@ def render(prog, grad, dtype="float64", inference_only=False):
     cdef = env.get_template("c/cdef.j2").render(ctx)
     layout = dict(B.layout, c_names=B.c, prefix=M)
     return Source(M, c, h, cdef, layout)
+
+
+def _texts(stmts):
+    """The text of a statement list, nested lane blocks included (to find the names it uses)."""
+    out = []
+    for st in stmts:
+        if st[0] in ("lanes", "lanes_serial"):
+            out.append(_texts(st[1]))
+        elif st[0] == "lanes_sum":
+            out.append(" ".join(f"{r} {t}" for r, t in st[1]) + " " + _texts(st[2]))
+        else:
+            out.append(f"{st[1]} {st[2]}")
+    return " ".join(out)
 
 
 def c_literal(x, dtype):
