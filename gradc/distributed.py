@@ -52,10 +52,10 @@ class Comm:
     def _wait(self, req, what):
         t0 = time.perf_counter()
         spins = 0
-        while not req.Test():
+        while not req.Test():         # MPI progresses inside Test: poll, yielding the core
             spins += 1
             if spins > 1000:
-                time.sleep(1e-4)
+                os.sched_yield() if hasattr(os, "sched_yield") else time.sleep(0)
             if time.perf_counter() - t0 > self.timeout:
                 self.abort(f"rank {self.rank}: {what} did not complete within {self.timeout:g} s; another rank "
                            f"has died or hangs (GRADC_MPI_TIMEOUT sets the limit)")
@@ -65,10 +65,11 @@ class Comm:
         print(f"gradc: error: {message}", file=sys.stderr, flush=True)
         self.comm.Abort(code)
 
-    def allgather(self, buf, what="a gradient exchange"):
-        """(size, len(buf)) array of every rank's ``buf``, in rank order."""
+    def allgather(self, buf, what="a gradient exchange", out=None):
+        """(size, len(buf)) array of every rank's ``buf``, in rank order (into ``out`` when given)."""
         buf = np.ascontiguousarray(buf)
-        out = np.empty((self.size, buf.size), dtype=buf.dtype)
+        if out is None or out.shape != (self.size, buf.size) or out.dtype != buf.dtype:
+            out = np.empty((self.size, buf.size), dtype=buf.dtype)
         self._wait(self.comm.Iallgather(buf, out), what)
         return out
 
@@ -78,8 +79,9 @@ class Comm:
         return buf
 
     def same_everywhere(self, text, what):
-        """Raise on every rank when ranks disagree on ``text`` (a hash); all ranks see the same answer."""
-        b = np.frombuffer(text.encode().ljust(64)[:64], dtype=np.uint8).copy()
+        """Raise on every rank when ranks disagree on ``text``; all ranks see the same answer."""
+        import hashlib
+        b = np.frombuffer(hashlib.sha256(text.encode()).digest(), dtype=np.uint8).copy()
         all_b = self.allgather(b, f"the check of {what}")
         if not (all_b == all_b[0]).all():
             bad = [r for r in range(self.size) if not (all_b[r] == all_b[0]).all()]
@@ -87,12 +89,19 @@ class Comm:
                              f"(every rank must compile the same model)")
 
     def reduce_mean(self, flat_sums, n_total):
-        """The sum over ranks of ``flat_sums``, added in rank order, divided by ``n_total``."""
-        every = self.allgather(flat_sums)
-        total = every[0].copy()
+        """The sum over ranks of ``flat_sums``, added in rank order, divided by ``n_total``.
+
+        The buffers are kept between steps: a fresh megabyte each step costs more than the exchange.
+        """
+        self._every = every = self.allgather(flat_sums, out=getattr(self, "_every", None))
+        total = getattr(self, "_total", None)
+        if total is None or total.shape != every[0].shape:
+            total = self._total = np.empty_like(every[0])
+        np.copyto(total, every[0])
         for r in range(1, self.size):
             total += every[r]
-        return total / n_total
+        total /= n_total
+        return total
 
 
 def shard(n, size, rank):

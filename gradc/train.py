@@ -298,8 +298,13 @@ class Trainer:
         if self.batch_size % d.size:
             raise ValueError(f"the global batch size {self.batch_size} is not divisible by the {d.size} ranks; "
                              f"choose a multiple of {d.size}")
-        d.same_everywhere(self.module._compiled.meta.get("model_hash", ""), "the model")
-        d.same_everywhere(str(self.seed), "the seed")
+        meta = self.module._compiled.meta
+        d.same_everywhere(f"{meta.get('model_hash', '')} {meta['dtype']}", "the model (or its dtype)")
+        opt = self.optimizer
+        settings = (self.seed, self.batch_size, self.shuffle, self.drop_last, self.clip, self.nan,
+                    type(opt).__name__, sorted((k, repr(h)) for k, h in opt._hyper.items()),
+                    sorted(opt.lr.items()), type(self.scheduler).__name__, self.scheduler_interval)
+        d.same_everywhere(repr(settings), "the training settings (seed, batch size, optimizer, lr, schedule)")
         for a in self.params.values():          # everyone starts from rank 0's parameters
             buf = np.ascontiguousarray(a)
             d.bcast(buf, "the broadcast of the parameters")
@@ -447,7 +452,10 @@ class Trainer:
         part = shard(n, self.dist.size, self.dist.rank)
         mine = {k: v[part] for k, v in batch.items()}
         n_mine = part.stop - part.start
-        flat = np.zeros(c.n_params + 1, dtype=np.float64)
+        flat = getattr(self, "_shard_sums", None)
+        if flat is None:
+            flat = self._shard_sums = np.zeros(c.n_params + 1, dtype=np.float64)
+        flat[...] = 0
         if n_mine:
             loss, grads = self.module.loss_and_grad(self.params, **mine)
             for p in c.params:
@@ -455,9 +463,8 @@ class Trainer:
             flat[:-1] *= n_mine
             flat[-1] = loss * n_mine
         mean = self.dist.reduce_mean(flat, n)
-        grads = {p["name"]: mean[p["offset"]:p["offset"] + p["size"]].reshape(p["shape"]).astype(c.dtype)
-                 for p in c.params}
-        return float(mean[-1]), grads
+        from .runtime import Params
+        return float(mean[-1]), Params(mean[:-1].astype(c.dtype), c.params)
 
     def train_epoch(self, data):
         n = len(next(iter(data.values())))

@@ -115,6 +115,9 @@ class Optimizer:
                 raise ValueError(f"{name}: parameter {k!r} is a read-only array; the optimizer updates it in place")
         # a new dict of the very same arrays: later additions to the caller's dict do not leak in
         self.params = dict(params)
+        # when the arrays are views of one flat buffer (gradc's Params), a step can be one update
+        self._flat_p = getattr(params, "flat", None)
+        self._flat_st = None
 
         if frozen is None:
             frozen = ()
@@ -238,6 +241,8 @@ class Optimizer:
         for k in grads:
             if k not in self.params:
                 raise ValueError(f"{name}.step: gradient for unknown parameter {k!r}")
+        if self._step_flat(grads):
+            return
         todo = []
         for k in self.trainable:
             p = self.params[k]
@@ -265,6 +270,56 @@ class Optimizer:
 
     def _init_state(self, p, h):
         return {"step": 0}
+
+    def _step_flat(self, grads):
+        """One vectorized update of the whole flat buffer, when parameters and gradients are flat
+        buffers laid out alike and every parameter has the same hyperparameters and lr."""
+        fp, fg = self._flat_p, getattr(grads, "flat", None)
+        if fp is None or fg is None or fg.shape != fp.shape or len(grads) != len(self.params):
+            return False
+        if self._flat_st is None:
+            hs = list(self._hyper.values())
+            if hs[0]["frozen"] or any(h != hs[0] for h in hs[1:]):
+                return False
+            self._gather_state(fp, hs[0])
+        lrs = set(self.lr.values())
+        if len(lrs) != 1:
+            return False
+        lr = float(lrs.pop())
+        if not 0 <= lr < math.inf:
+            return False
+        g = fg if fg.dtype == fp.dtype else fg.astype(fp.dtype)
+        n_buffers = sum(isinstance(v, np.ndarray) for v in self._flat_st.values())
+        self._update(fp, g, lr, self._flat_hyper, self._flat_st)
+        if sum(isinstance(v, np.ndarray) for v in self._flat_st.values()) != n_buffers:
+            self._point_views()           # a buffer was created (SGD's momentum on its first step)
+        step = self._flat_st["step"]
+        for st in self._state.values():
+            st["step"] = step
+        return True
+
+    def _gather_state(self, fp, h):
+        """The flat state: the per-parameter states concatenated (or fresh), which then become views."""
+        self._flat_hyper = h
+        if not self._state:
+            self._flat_st = self._init_state(fp, h)
+        else:
+            sts = [self._state[k] for k in self.params]
+            flat = {"step": sts[0]["step"]}
+            for key in sts[0]:
+                if key != "step" and all(isinstance(st.get(key), np.ndarray) for st in sts):
+                    flat[key] = np.concatenate([st[key].reshape(-1) for st in sts]).astype(fp.dtype)
+            self._flat_st = flat
+        self._point_views()
+        return self._flat_st
+
+    def _point_views(self):
+        off = 0
+        for k, p in self.params.items():
+            st = self._state.setdefault(k, {})
+            for key, v in self._flat_st.items():
+                st[key] = v[off:off + p.size].reshape(p.shape) if isinstance(v, np.ndarray) else v
+            off += p.size
 
     # -- checkpoints --
 
@@ -381,6 +436,7 @@ class Optimizer:
         # mutate rather than rebind: schedulers and users may hold opt.lr
         self.lr.clear()
         self.lr.update({k: h["lr"] for k, h in hyper.items() if not h["frozen"]})
+        self._flat_st = None          # the loaded arrays replace the views: gather them again
 
 
 # ---- the optimizers -------------------------------------------------------------
