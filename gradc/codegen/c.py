@@ -449,7 +449,7 @@ class _Builder:
                 ct = "const int32_t" if t.dtype == INT else f"const {self.model}_real"
                 pre = "in_" if t.kind == "input" else "tg_"
                 out.append(dict(ctype=ct, arg=pre + self.c[t.name], name=self.c[t.name], kind=t.kind,
-                                size=t.size, shape=list(t.shape), dtype=t.dtype))
+                                size=t.size, shape=list(t.shape), dtype=t.dtype, dropout=t.dropout))
         return out
 
 
