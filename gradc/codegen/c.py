@@ -301,8 +301,8 @@ class _Builder:
         t = self.prog.tensors[st.name]
         red_vars = [k for k, _ in st.red]
         pr, names = self.printer(list(st.idx) + red_vars)
-        loops = [(names[k], n) for k, n in zip(st.idx, t.shape)]
-        inner = [(names[k], n) for k, n in st.red]
+        loops = [(names[k], n, 1) for k, n in zip(st.idx, t.shape)]
+        inner = [(names[k], n, 1) for k, n in st.red]
         lanes = st.scope == "sample"
 
         def block(stmts):     # statements of one sample, run for every sample of the block
@@ -322,6 +322,9 @@ class _Builder:
             return dict(loops=loops, pre=[], inner=[], body=block(outer + [("set", target, pr.doprint(val))]),
                         post=[], comment=self.c[st.name])
         init = "0" if st.op == "sum" else ("-HUGE_VALF" if self.dtype == "float32" else "-HUGE_VAL")
+        U = _unroll(t.shape[0]) if lanes and st.idx else 1
+        if U > 1:
+            return self._jammed_reduction(st, t, pr, names, loops, inner, init, U)
         pre = [("arr" if lanes else "var", "acc", init)]
         if lanes:      # per-lane temporaries are recomputed inside the sample loop
             inner_t = outer + inner_t
@@ -334,19 +337,45 @@ class _Builder:
         return dict(loops=loops, pre=pre, inner=inner, body=body, post=block([("set", target, acc)]),
                     comment=f"{self.c[st.name]}: {st.op} over {len(inner)} loop(s)")
 
+    def _jammed_reduction(self, st, t, pr, names, loops, inner, init, U):
+        """A per-sample reduction with its first output loop unrolled U times and jammed: U
+        accumulators share each load of the reduced operand (a register-blocked dot product)."""
+        i0 = st.idx[0]
+        pre, body, post = [], [], []
+        for u in range(U):
+            temps, (val,) = cse_block([st.body.xreplace({i0: i0 + u})])
+            outer, inner_t = self._temps(pr, names, temps, [k for k, _ in st.red])
+            a = f"acc{u}"
+            pre.append(("arr", a, init))
+            if st.op == "sum":
+                body += outer + inner_t + [("add", f"{a}[b]", pr.doprint(val))]
+            else:
+                body += outer + inner_t + [("decl", f"v{u}", pr.doprint(val)), ("max", f"{a}[b]", f"v{u}")]
+            post.append(("set", pr.flat(st.name, (i0 + u,) + tuple(st.idx[1:])), f"{a}[b]"))
+        loops = [(loops[0][0], loops[0][1], U)] + loops[1:]
+        return dict(loops=loops, pre=pre, inner=inner, body=[("lanes", body)], post=[("lanes", post)],
+                    comment=f"{self.c[st.name]}: {st.op} over {len(inner)} loop(s), {U} outputs at a time")
+
     def backward_nest(self, adj):
         st = adj.stage
         t = self.prog.tensors[st.name]
         red_vars = [k for k, _ in st.red]
         pr, names = self.printer(list(st.idx) + red_vars)
-        temps, vals = cse_block([u.expr for u in adj.updates])
+        loops = [] if st.elements is not None else [(names[k], n, 1) for k, n in zip(st.idx, t.shape)]
+        inner = [] if st.elements is not None else [(names[k], n, 1) for k, n in st.red]
+        # a per-sample reduction's adjoint: U copies of the first output loop share their loads
+        U = _unroll(t.shape[0]) if st.scope == "sample" and st.red and st.idx else 1
+        if U > 1:
+            loops = [(loops[0][0], loops[0][1], U)] + loops[1:]
+        updates = [(u, {} if U == 1 else {st.idx[0]: st.idx[0] + j}) for j in range(U) for u in adj.updates]
+        temps, vals = cse_block([u.expr.xreplace(sub) for u, sub in updates])
         outer, inner_t = self._temps(pr, names, temps, red_vars)
-        loops = [] if st.elements is not None else [(names[k], n) for k, n in zip(st.idx, t.shape)]
-        inner = [] if st.elements is not None else [(names[k], n) for k, n in st.red]
         comment = f"d/d {self.c[st.name]}" + (" (unrolled)" if st.elements is not None else "")
+        def idx(u, sub):
+            return tuple(sp.sympify(i).xreplace(sub) for i in u.idx)
         if st.scope == "batch":
-            stmts = [("add", pr.flat(adjoint_symbol(u.tensor).name, u.idx), pr.doprint(v))
-                     for u, v in zip(adj.updates, vals)]
+            stmts = [("add", pr.flat(adjoint_symbol(u.tensor).name, idx(u, sub)), pr.doprint(v))
+                     for (u, sub), v in zip(updates, vals)]
             if inner:
                 return dict(loops=loops, pre=outer, inner=inner, body=inner_t + stmts, post=[], comment=comment)
             return dict(loops=loops, pre=[], inner=[], body=outer + stmts, post=[], comment=comment)
@@ -355,8 +384,8 @@ class _Builder:
         # (a scatter-add through an int32 input, dE[u, k], goes lane by lane and is never vectorized:
         # two samples of a block may name the same row)
         stmts, sums, scatters = [], [], []
-        for u, v in zip(adj.updates, vals):
-            target = pr.flat(adjoint_symbol(u.tensor).name, u.idx)
+        for (u, sub), v in zip(updates, vals):
+            target = pr.flat(adjoint_symbol(u.tensor).name, idx(u, sub))
             if self.blocked(u.tensor):
                 stmts.append(("add", target, pr.doprint(v)))
             elif any(reads(sp.sympify(i), self.prog.tensors) for i in u.idx):
@@ -515,6 +544,11 @@ def render(prog, grad, dtype="float64", inference_only=False):
     cdef = env.get_template("c/cdef.j2").render(ctx)
     layout = dict(B.layout, c_names=B.c, prefix=M)
     return Source(M, c, h, cdef, layout)
+
+
+def _unroll(extent):
+    """How many outputs of a per-sample reduction to compute at once."""
+    return 4 if extent % 4 == 0 else 2 if extent % 2 == 0 else 1
 
 
 def _texts(stmts):
