@@ -57,7 +57,8 @@ def load_model_file(path, model=None, timeout=None):
         def on_alarm(signum, frame):
             raise _Timeout()
         old = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, limit)
+        # repeating: a model file that swallows one alarm (a bare except) gets the next
+        signal.setitimer(signal.ITIMER_REAL, limit, 0.05)
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
     try:
         exec(code, ns)
@@ -71,9 +72,11 @@ def load_model_file(path, model=None, timeout=None):
     except SystemExit as e:
         raise ModelError(f"the model file called sys.exit({e.code!r}) instead of defining a model",
                          where=_frame_in(sys.exc_info()[2], path)) from None
-    except Exception as e:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:     # anything else a model file raises, even a BaseException
         where = _frame_in(sys.exc_info()[2], path)
-        raise ModelError(f"{type(e).__name__}: {e}", where=where) from e
+        raise ModelError(f"{type(e).__name__}: {_safe_str(e)}", where=where) from e
     finally:
         if alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -92,6 +95,13 @@ def load_model_file(path, model=None, timeout=None):
         raise ModelError("several models found (" + ", ".join(sorted(models))
                          + "); choose one with --model NAME", where=(path, 1))
     return distinct[0]
+
+
+def _safe_str(e):
+    try:
+        return str(e)
+    except BaseException:
+        return f"<{type(e).__name__} whose message cannot be shown>"
 
 
 def _frame_in(tb, path):
@@ -176,23 +186,31 @@ def read_weights(path, prog):
             files = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"cannot read weights {path}: {e or type(e).__name__}") from None
+    return check_weights(files, prog, f"weights {path}")
+
+
+def check_weights(files, prog, what="weights"):
+    """The parameters of ``prog`` from a dict of arrays (or a checkpoint's), checked: names, shapes, real values."""
+    import numpy as np
     if "state_json" in files:                   # a checkpoint written by gradc.fit / gradc train
-        got = files["model_hash"].tobytes().decode()
+        got = bytes(files["model_hash"].tobytes()).decode("utf-8", "replace")
         if got != prog.digest():
-            raise ValueError(f"weights {path} were trained for another model (hash {got[:12]}, "
+            raise ValueError(f"{what} were trained for another model (hash {got[:12]}, "
                              f"this model {prog.digest()[:12]})")
         files = {k[6:]: v for k, v in files.items() if k.startswith("param/")}
     out = {}
     for t in prog.params:
         if t.name not in files:
-            raise ValueError(f"weights {path}: parameter {t.name!r} is missing")
-        if files[t.name].shape != t.shape:
-            raise ValueError(f"weights {path}: parameter {t.name!r} has shape {files[t.name].shape}, "
-                             f"expected {t.shape}")
-        out[t.name] = files[t.name]
+            raise ValueError(f"{what}: parameter {t.name!r} is missing")
+        a = np.asarray(files[t.name])
+        if a.dtype.kind not in "fiu":
+            raise ValueError(f"{what}: parameter {t.name!r} holds {a.dtype} values, not real numbers")
+        if a.shape != t.shape:
+            raise ValueError(f"{what}: parameter {t.name!r} has shape {a.shape}, expected {t.shape}")
+        out[t.name] = a
     extra = sorted(set(files) - set(out))
     if extra:
-        raise ValueError(f"weights {path}: unknown parameter {extra[0]!r}")
+        raise ValueError(f"{what}: unknown parameter {extra[0]!r}")
     return out
 
 
@@ -213,7 +231,8 @@ def export(model, outdir, weights=None, dtype="float64", inference_only=False):
         src = render(prog, differentiate(prog), dtype)
     files = {f"{src.name}.h": src.h, f"{src.name}.c": src.c}
     if weights is not None:
-        params = read_weights(weights, prog) if isinstance(weights, (str, os.PathLike)) else weights
+        params = read_weights(weights, prog) if isinstance(weights, (str, os.PathLike)) \
+            else check_weights(dict(weights), prog)
         files[f"{src.name}_weights.c"] = render_weights(src, params, dtype)
     os.makedirs(outdir, exist_ok=True)
     written = []

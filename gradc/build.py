@@ -85,10 +85,30 @@ def _writable_root():
         os.rmdir(probe)
         return root
     except OSError as e:
-        fallback = os.path.join(tempfile.gettempdir(), f"gradc-cache-{os.getuid() if hasattr(os, 'getuid') else 0}")
+        fallback = _private_fallback()
         warnings.warn(f"gradc cache folder {root} is not writable ({e.strerror}); using {fallback}")
-        os.makedirs(fallback, exist_ok=True)
         return fallback
+
+
+def _private_fallback():
+    """A temporary cache folder only this user can write: a folder someone else made at the usual
+    name (who could plant a library there) is never used; a fresh private one is made instead."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    path = os.path.join(tempfile.gettempdir(), f"gradc-cache-{uid}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return tempfile.mkdtemp(prefix="gradc-cache-")
+    try:
+        st = os.lstat(path)
+        import stat
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022:
+            return path
+    except OSError:
+        pass
+    return tempfile.mkdtemp(prefix="gradc-cache-")
 
 
 def _meta_digest(meta):
@@ -127,8 +147,8 @@ def build(prog, dtype="float64", target="c", make_source=None):
     if meta is not None:
         _touch(entry)
         return entry, meta
-    if os.path.isdir(entry):            # corrupt or truncated: move aside, rebuild
-        _discard(entry, root)
+    # a corrupt or truncated entry is replaced when ours is published (below), and only if it
+    # is still bad then: another process may be repairing it right now
     _sweep(root)
     src, info = make_source()
     tmp = tempfile.mkdtemp(prefix=".build-", dir=root)
@@ -245,7 +265,10 @@ def _compile(src, info, key, tmp):
     link = ["-bundle", "-undefined", "dynamic_lookup"] if sys.platform == "darwin" else ["-shared"]
     cmd = [cc, *FLAGS, *link, "-I", sysconfig.get_paths()["include"], "-I", tmp,
            wrapper, os.path.join(tmp, f"{M}.c"), "-o", os.path.join(tmp, so_name), "-lm"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    except OSError as e:
+        raise BuildError(f"the C compiler {cc!r} cannot be run: {e}") from None
     if proc.returncode != 0 or not os.path.isfile(os.path.join(tmp, so_name)):
         why = f"exit {proc.returncode}" if proc.returncode else "it exited 0 but wrote no library"
         raise BuildError(f"the C compiler failed on model {M!r} ({why}):\n"

@@ -94,8 +94,24 @@ def main(argv=None):
 
 
 def _load(args):
-    from .api import load_model_file
-    return load_model_file(args.model_file, args.model)
+    import faulthandler
+
+    from .api import _default_timeout, load_model_file
+    # a model file stuck inside C code never returns to the interpreter, where the time limit
+    # of load_model_file acts: a watchdog thread then ends the process (exit 1) with a traceback
+    limit = _default_timeout()
+    watchdog = False
+    if limit > 0:
+        try:
+            faulthandler.dump_traceback_later(limit + 5, exit=True)
+            watchdog = True
+        except (ValueError, OSError, AttributeError):   # stderr without a file descriptor
+            pass
+    try:
+        return load_model_file(args.model_file, args.model)
+    finally:
+        if watchdog:
+            faulthandler.cancel_dump_traceback_later()
 
 
 def cmd_compile(args):

@@ -115,8 +115,25 @@ def bce_with_logits(logit, y):
 
 
 def binary_cross_entropy(p, y):
-    """-(y log p + (1 - y) log(1 - p)) for a probability p (rewritten stably when p is a sigmoid)."""
+    """-(y log p + (1 - y) log(1 - p)) for a probability p (rewritten stably when p is a sigmoid,
+    also when p is a scalar output defined as one: ``p = m.output("p", gc.sigmoid(z))``)."""
+    if isinstance(p, sp.Symbol):
+        d = _definition(p)
+        if d is not None and isinstance(d, Sigmoid):
+            return bce_with_logits(d.args[0], y)
     return elementwise(lambda q: -(y * sp.log(q) + (1 - y) * sp.log(1 - q)))(p)
+
+
+def _definition(sym):
+    """The body of the scalar tensor ``sym`` names in the current model, if it is one."""
+    try:
+        m = current_model()
+    except ModelError:
+        return None
+    for d in m.defs:
+        if d.name == sym.name and d.shape == () and d.body is not None and not d.idx:
+            return d.body
+    return None
 
 
 def mse(pred, target):

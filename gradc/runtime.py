@@ -205,6 +205,8 @@ class Compiled:
             elif a.shape[0] != n:
                 raise ValueError(f"argument {name!r} has {a.shape[0]} samples but {names[0]!r} has {n}")
             dt = np.int32 if s["dtype"] == "int32" else self.dtype
+            if not (a.flags.c_contiguous and a.dtype == dt):      # a copy: refuse it before it is made
+                check_alloc(a.size * np.dtype(dt).itemsize, f"a contiguous copy of argument {name!r}")
             a = np.ascontiguousarray(a, dtype=dt)
             err = self.index_error(name, a)
             if err:

@@ -207,9 +207,11 @@ def load_checkpoint(path, module=None):
             raise ValueError(f"checkpoint {path}: parameter {k!r} holds {v.dtype} values, not floats")
     try:
         state = _from_json(json.loads(files["state_json"].tobytes().decode()), files)
-    except (ValueError, KeyError, UnicodeDecodeError) as e:
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ValueError(f"checkpoint {path}: its training state is damaged ({e})") from None
-    got = files["model_hash"].tobytes().decode()
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path}: its training state is not a record")
+    got = bytes(files["model_hash"].tobytes()).decode("utf-8", "replace")
     if module is not None:
         want = module._compiled.meta.get("model_hash")
         if want is not None and got != want:
@@ -427,11 +429,33 @@ class Trainer:
         save_checkpoint(path, self.params, self.state(), self.module._compiled.meta.get("model_hash", ""))
 
     def restore(self, path):
-        """Resume from a checkpoint written by ``save``: parameters, optimizer, schedule, RNG, history."""
+        """Resume from a checkpoint written by ``save``: parameters, optimizer, schedule, RNG, history.
+
+        All or nothing: a checkpoint that fails any check leaves the trainer as it was.
+        """
         params, st = load_checkpoint(path, self.module)
-        self.optimizer.load_state_dict(st["optimizer"])
-        if self.scheduler is not None and "scheduler" in st:
-            self.scheduler.load_state_dict(st["scheduler"])
+        bad = lambda why: ValueError(f"checkpoint {path}: {why}")  # noqa: E731
+        if not isinstance(st, dict):
+            raise bad("its training state is not a record")
+        for key, kind in (("epoch", int), ("step", int), ("rng", dict), ("history", dict), ("optimizer", dict)):
+            if not isinstance(st.get(key), kind) or isinstance(st.get(key), bool):
+                raise bad(f"its training state lacks a valid {key!r}")
+        rng = np.random.default_rng()
+        try:
+            rng.bit_generator.state = st["rng"]
+        except (TypeError, ValueError, KeyError) as e:
+            raise bad(f"its random generator state is damaged ({e})") from None
+        saved_opt = self.optimizer.state_dict()
+        saved_sched = self.scheduler.state_dict() if self.scheduler is not None else None
+        try:
+            self.optimizer.load_state_dict(st["optimizer"])
+            if self.scheduler is not None and "scheduler" in st:
+                self.scheduler.load_state_dict(st["scheduler"])
+        except Exception as e:
+            self.optimizer.load_state_dict(saved_opt)
+            if saved_sched is not None:
+                self.scheduler.load_state_dict(saved_sched)
+            raise bad(f"its optimizer or schedule state does not fit ({e})") from None
         for k, a in self.params.items():
             a[...] = params[k]
         self.epoch, self.step_count = st["epoch"], st["step"]
@@ -479,6 +503,9 @@ class Trainer:
                 loss, grads = self._loss_and_grad(batch)
                 if not math.isfinite(loss):
                     why = f"the loss is {loss}"
+                elif not math.isfinite(float(np.sum(grads.flat if hasattr(grads, "flat") else
+                                                    [np.sum(g) for g in grads.values()]))):
+                    why = "the gradient holds NaN or Inf (the loss is finite)"
             if why is not None:
                 if self.nan == "raise":
                     raise ValueError(f"epoch {self.epoch}, batch {b}: {why}; pass nan='skip' to skip such batches")
