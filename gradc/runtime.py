@@ -148,11 +148,15 @@ class Compiled:
             flat[p["offset"]:p["offset"] + p["size"]] = a.ravel()
         return flat
 
-    def _real_array(self, v, what):
+    @staticmethod
+    def _as_array(v, what):
         try:
-            a = np.asarray(v)
+            return np.asarray(v)
         except Exception as e:  # ragged lists and the like
             raise ValueError(f"{what} cannot be read as an array: {e}") from None
+
+    def _real_array(self, v, what):
+        a = self._as_array(v, what)
         if a.dtype.kind not in "fiu":
             raise ValueError(f"{what} has dtype {a.dtype}, which cannot be converted to {self.dtype}")
         return a
@@ -232,10 +236,7 @@ class Compiled:
         return f"{name!r}: sample {s} holds {a[s].tolist()}, outside {allowed}"
 
     def _int_array(self, v, name):
-        try:
-            a = np.asarray(v)
-        except Exception as e:  # ragged lists and the like
-            raise ValueError(f"argument {name!r} cannot be read as an array: {e}") from None
+        a = self._as_array(v, f"argument {name!r}")
         if a.dtype.kind not in "iu":
             raise ValueError(f"argument {name!r} must hold integers (int32), not {a.dtype}")
         if a.size and (a.min() < -2**31 or a.max() >= 2**31):
