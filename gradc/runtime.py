@@ -110,6 +110,10 @@ class Compiled:
         self.target_dtypes = {a["name"]: self._np_dtype(a) for a in meta["targets"]}
         self.int_bounds = meta["int_bounds"]
         self._local = threading.local()
+        # what the fast argument check compares, per input and target
+        self._expect = {a["name"]: (np.dtype(np.int32) if a["dtype"] == "int32" else self.dtype,
+                                    tuple(a["shape"]), 1 + len(a["shape"]), a["name"] in self.int_bounds)
+                        for a in meta["inputs"] + meta["targets"]}
 
     def _np_dtype(self, a):
         return np.dtype(np.int32) if a["dtype"] == "int32" else self.dtype
@@ -162,6 +166,26 @@ class Compiled:
         return a
 
     # ---- data ----------------------------------------------------------
+    def _fast_data(self, data, specs):
+        """The common case in a training loop, checked cheaply: exactly the right names, each a
+        C-contiguous array of the right dtype and per-sample shape, one batch size, ids in range.
+        Anything else (None) goes through the full checks, which name what is wrong."""
+        if len(data) != len(specs):
+            return None
+        n, out = -1, []
+        for s in specs:
+            name = s["name"]
+            a = data.get(name)
+            dt, shape, ndim, ids = self._expect[name]
+            if type(a) is not np.ndarray or a.dtype != dt or a.ndim != ndim or a.shape[1:] != shape \
+                    or not a.flags.c_contiguous or (n >= 0 and a.shape[0] != n):
+                return None
+            n = a.shape[0]
+            if ids and self.index_error(name, a):
+                return None
+            out.append(a)
+        return (n, out) if n > 0 else None
+
     def _masks(self, data, specs, rng):
         """Fill in the dropout masks the caller did not pass: drawn from ``rng`` in training, ones otherwise."""
         todo = [s for s in specs if "dropout" in s and s["name"] not in data]
@@ -186,6 +210,9 @@ class Compiled:
         raise ValueError("the batch is empty: pass at least one sample")
 
     def _data(self, data, specs, what, rng=None):
+        fast = self._fast_data(data, specs)
+        if fast is not None:
+            return fast
         data = self._masks(data, specs, rng)
         names = [s["name"] for s in specs]
         missing = [n for n in names if n not in data]

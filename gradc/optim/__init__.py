@@ -289,9 +289,9 @@ class Optimizer:
         if not 0 <= lr < math.inf:
             return False
         g = fg if fg.dtype == fp.dtype else fg.astype(fp.dtype)
-        n_buffers = sum(isinstance(v, np.ndarray) for v in self._flat_st.values())
+        n_entries = len(self._flat_st)
         self._update(fp, g, lr, self._flat_hyper, self._flat_st)
-        if sum(isinstance(v, np.ndarray) for v in self._flat_st.values()) != n_buffers:
+        if len(self._flat_st) != n_entries:
             self._point_views()           # a buffer was created (SGD's momentum on its first step)
         step = self._flat_st["step"]
         for st in self._state.values():
