@@ -1,6 +1,6 @@
 """micrograd's moons demo, compiled: 100 full-batch SGD steps reach 100% training accuracy.
 
-    python examples/moons/train.py [--dtype float32] [--png moons.png]
+    python examples/moons/train.py [--dtype float32] [--png build/moons.png]
 
 Compiles examples/moons/model.py (or takes it from the cache), makes the
 two-moons data (100 points, noise 0.1) and trains with micrograd's schedule
@@ -58,7 +58,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", default="float64", choices=("float32", "float64"))
     ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--png", default="moons.png", help="where to draw the decision boundary ('' for none)")
+    ap.add_argument("--png", default=os.path.join("build", "moons.png"),
+                    help="where to draw the decision boundary ('' for none)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -75,6 +76,8 @@ def main(argv=None):
         print(f"step {k:3d}  loss {hist['loss'][k]:.4f}  accuracy {hist['val_accuracy'][k]:.0%}")
     acc = hist["val_accuracy"][-1]
     print(f"final: loss {hist['val_loss'][-1]:.4f}, training accuracy {acc:.0%} ({args.steps} steps in {dt:.2f} s)")
+    if args.png and os.path.dirname(args.png):
+        os.makedirs(os.path.dirname(args.png), exist_ok=True)
     if args.png and plot_boundary(moons, p, X, y, args.png):
         print(f"wrote {args.png}")
     return acc
