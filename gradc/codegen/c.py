@@ -250,6 +250,13 @@ class _Builder:
                 batch_adj[n] = ws
                 ws = ws + self._size(n)
         batch_end = ws
+        mirrors = {}          # sample-major copies of what outer-product updates read
+        if not self.inference_only:
+            for a in self.grad.adjoints:
+                for _, _, r in self.outer_updates(a):
+                    if r not in mirrors:
+                        mirrors[r] = ws
+                        ws = ws + _Off(0, prog.tensors[r].size)
         lanes_in, ints = {}, _Off()
         for t in prog.inputs + prog.targets:     # the block's inputs, gathered sample-innermost
             if t.dtype == INT:
@@ -260,7 +267,7 @@ class _Builder:
                 ws = ws + _Off(0, t.size)
         return dict(params=params, n_params=off, values=values, sample_adj=sample_adj, batch_adj=batch_adj,
                     sample_adj_range=(sample_begin, sample_end), batch_adj_range=(batch_begin, batch_end),
-                    lanes_in=lanes_in, ws=ws, ints=ints)
+                    lanes_in=lanes_in, mirrors=mirrors, ws=ws, ints=ints)
 
     def blocked(self, name):
         t = self.prog.tensors[name]
@@ -356,6 +363,29 @@ class _Builder:
         return dict(loops=loops, pre=pre, inner=inner, body=[("lanes", body)], post=[("lanes", post)],
                     comment=f"{self.c[st.name]}: {st.op} over {len(inner)} loop(s), {U} outputs at a time")
 
+    def outer_updates(self, adj):
+        """The updates of a per-sample dense layer's adjoint that are outer products,
+        dP[i, k] += c * dT[i] * R[k] (T[i] = sum_k P[i, k] * R[k]): these run as
+        rank-1 updates over the block, vectorized along k, instead of per-element lane sums."""
+        st = adj.stage
+        if st.scope != "sample" or st.elements is not None or len(st.idx) != 1 or len(st.red) != 1:
+            return []
+        (i,), (k, _) = st.idx, st.red[0]
+        out = []
+        for u in adj.updates:
+            if self.blocked(u.tensor) or tuple(u.idx) != (i, k):
+                continue
+            coef, rest = u.expr.as_coeff_Mul()
+            fs = rest.args if isinstance(rest, sp.Mul) else ()
+            if len(fs) != 2 or not all(isinstance(f, sp.Indexed) for f in fs):
+                continue
+            d = [f for f in fs if f.base.label.name == adjoint_symbol(st.name).name and tuple(f.indices) == (i,)]
+            r = [f for f in fs if f.base.label.name in self.prog.tensors and tuple(f.indices) == (k,)
+                 and self.blocked(f.base.label.name)]
+            if len(d) == 1 and len(r) == 1:
+                out.append((u, coef, r[0].base.label.name))
+        return out
+
     def backward_nest(self, adj):
         st = adj.stage
         t = self.prog.tensors[st.name]
@@ -367,7 +397,10 @@ class _Builder:
         U = _unroll(t.shape[0]) if st.scope == "sample" and st.red and st.idx else 1
         if U > 1:
             loops = [(loops[0][0], loops[0][1], U)] + loops[1:]
-        updates = [(u, {} if U == 1 else {st.idx[0]: st.idx[0] + j}) for j in range(U) for u in adj.updates]
+        outer_ups = self.outer_updates(adj)
+        skip = {id(u) for u, _, _ in outer_ups}
+        updates = [(u, {} if U == 1 else {st.idx[0]: st.idx[0] + j}) for j in range(U)
+                   for u in adj.updates if id(u) not in skip]
         temps, vals = cse_block([u.expr.xreplace(sub) for u, sub in updates])
         outer, inner_t = self._temps(pr, names, temps, red_vars)
         comment = f"d/d {self.c[st.name]}" + (" (unrolled)" if st.elements is not None else "")
@@ -377,8 +410,8 @@ class _Builder:
             stmts = [("add", pr.flat(adjoint_symbol(u.tensor).name, idx(u, sub)), pr.doprint(v))
                      for (u, sub), v in zip(updates, vals)]
             if inner:
-                return dict(loops=loops, pre=outer, inner=inner, body=inner_t + stmts, post=[], comment=comment)
-            return dict(loops=loops, pre=[], inner=[], body=outer + stmts, post=[], comment=comment)
+                return [dict(loops=loops, pre=outer, inner=inner, body=inner_t + stmts, post=[], comment=comment)]
+            return [dict(loops=loops, pre=[], inner=[], body=outer + stmts, post=[], comment=comment)]
         # a per-sample stage: per-sample adjoints are updated lane by lane; adjoints of parameters
         # and of once-per-batch tensors receive the sum over the block's samples
         # (a scatter-add through an int32 input, dE[u, k], goes lane by lane and is never vectorized:
@@ -398,7 +431,22 @@ class _Builder:
         body = [("lanes_sum", sums, temps + stmts)] if sums else [("lanes", temps + stmts)] if stmts else []
         if scatters:
             body.append(("lanes_serial", temps + scatters))
-        return dict(loops=loops, pre=[], inner=inner, body=body, post=[], comment=comment)
+        nests = [self._outer_nest(st, t, u, coef, r) for u, coef, r in outer_ups]
+        if body:
+            nests.append(dict(loops=loops, pre=[], inner=inner, body=body, post=[], comment=comment))
+        return nests
+
+    def _outer_nest(self, st, t, u, coef, r):
+        """dP[i, k] += coef * dT[i] * R[k] summed over the block: for each sample, U rows of dP
+        take a rank-1 update along k from a sample-major copy of R."""
+        w = self.where()
+        K = self.prog.tensors[r].size
+        return dict(outer=dict(
+            src=w[r][0], mirror="M_" + self.c[r], K=K, I=t.shape[0], U=_unroll(t.shape[0]),
+            d=w[adjoint_symbol(st.name).name][0], g=w[adjoint_symbol(u.tensor).name][0],
+            coef=pr_number(coef, self.dtype)),
+            loops=[], pre=[], inner=[], body=[], post=[],
+            comment=f"d/d {self.c[st.name]}: {self.c[u.tensor]} by rank-1 updates over the block")
 
     # ---- functions -----------------------------------------------------
     def function(self, roots, backward):
@@ -414,8 +462,8 @@ class _Builder:
                 used |= {n for n, _, _ in reads(b, prog.tensors)}
         if backward:
             adjs = self.grad.adjoints
-            f["sample_bwd"] = [self.backward_nest(a) for a in adjs if a.stage.scope == "sample"]
-            f["batch_bwd"] = [self.backward_nest(a) for a in adjs if a.stage.scope == "batch"]
+            f["sample_bwd"] = [n for a in adjs if a.stage.scope == "sample" for n in self.backward_nest(a)]
+            f["batch_bwd"] = [n for a in adjs if a.stage.scope == "batch" for n in self.backward_nest(a)]
             for a in adjs:
                 used.add(a.stage.name)
                 used |= {u.tensor for u in a.updates}
@@ -438,6 +486,8 @@ class _Builder:
             for kind in ("sample_adj", "batch_adj"):
                 for n, off in L[kind].items():
                     out.append((self.rt, "D_" + self.c[n], f"ws + {off.c()}"))
+            for n, off in L["mirrors"].items():
+                out.append((self.rt, "M_" + self.c[n], f"ws + {off.c()}"))
         for t in prog.inputs + prog.targets:
             if t.name in used:
                 pre = "X_" if t.kind == "input" else "Y_"
@@ -517,6 +567,8 @@ def render(prog, grad, dtype="float64", inference_only=False):
         # declare exactly the pointers the statements use: no unused variables
         text = " ".join(_texts(n[part]) for k in ("batch", "sample", "sample_bwd", "batch_bwd")
                         for n in f.get(k, []) for part in ("pre", "body", "post"))
+        text += " " + " ".join(" ".join(str(v) for v in n["outer"].values())
+                               for k in ("sample_bwd", "batch_bwd") for n in f.get(k, []) if "outer" in n)
         used = set(re.findall(r"[A-Za-z_]\w*", text)) | set(extra[key])
         decls = [d for d in decls if d[1] in used]
         gathers = [g for g in gathers if g["dst"] in used]
@@ -544,6 +596,11 @@ def render(prog, grad, dtype="float64", inference_only=False):
     cdef = env.get_template("c/cdef.j2").render(ctx)
     layout = dict(B.layout, c_names=B.c, prefix=M)
     return Source(M, c, h, cdef, layout)
+
+
+def pr_number(x, dtype):
+    """A numeric coefficient as a C literal of the model's type."""
+    return Printer(dtype, {}, {}, DTYPES[dtype]).doprint(sp.sympify(x))
 
 
 def _unroll(extent):
