@@ -91,6 +91,9 @@ def local_derivatives(body, wrt):
     for w in wrt:
         g = sp.diff(b, dummies[w])
         g = g.replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.S.Zero)
+        # floor and ceiling are flat almost everywhere; sympy may wrap their derivative in a Subs
+        g = g.replace(lambda e: isinstance(e, sp.Subs) and isinstance(e.expr, sp.Derivative)
+                      and isinstance(e.expr.expr, (sp.floor, sp.ceiling)), lambda e: sp.S.Zero)
         g = g.replace(lambda e: isinstance(e, sp.Derivative)
                       and isinstance(e.expr, (sp.floor, sp.ceiling)), lambda e: sp.S.Zero)
         if g.has(sp.Derivative):

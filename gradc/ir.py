@@ -204,7 +204,7 @@ class _Lowering:
             elif isinstance(node, sp.Piecewise) and node.args[-1].cond != True:  # noqa: E712
                 raise ModelError(f"in {what}: a Piecewise needs a last branch (value, True) for when no "
                                  f"condition holds", where)
-            elif isinstance(node, (sp.And, sp.Or, sp.Not)):
+            elif isinstance(node, (sp.And, sp.Or, sp.Not, sp.logic.boolalg.ITE)):
                 pass                     # conditions of a Piecewise
             elif isinstance(node, sp.core.function.Application):
                 if node.func not in SUPPORTED_FUNCTIONS:
@@ -326,6 +326,7 @@ class _Lowering:
             if is_log_sum_exp(e) and not self.shifted(e):
                 return visit(self.log_sum_exp(e, order, loops, where, what))
             if isinstance(e, sp.Sum):
+                e = self.unshadow(e, loops)
                 red, summand = self.limits(e, where, what)
                 inner_loops = dict(loops)
                 inner_loops.update(dict(red))
@@ -337,6 +338,16 @@ class _Lowering:
             new = [visit(a) for a in e.args]
             return e.func(*new) if any(a is not b for a, b in zip(new, e.args)) else e
         return visit(expr)
+
+    def unshadow(self, e, loops):
+        """A Sum whose index has the name of an enclosing loop's index (valid SymPy: the inner one
+        is bound) gets a fresh index, so the two loops stay apart."""
+        clash = [lim[0] for lim in e.limits if lim[0] in loops]
+        if not clash:
+            return e
+        self.n_aux += 1
+        ren = {k: sp.Symbol(f"{k.name}.s{self.n_aux}", integer=True) for k in clash}
+        return sp.Sum(e.function.xreplace(ren), *[(ren.get(k, k), lo, hi) for k, lo, hi in e.limits])
 
     def shifted(self, e):
         """Whether log(Sum(exp(u))) already subtracts a max stage from u (the stable form)."""

@@ -122,6 +122,11 @@ class Printer(C99CodePrinter):
             out = f"(({self._print(cond)}) ? ({self._print(val)}) : ({out}))"
         return out
 
+    def _print_Abs(self, e):
+        # always the real fabs: an integer-valued argument (an int32 input) is cast to real, and C's
+        # int abs() would need <stdlib.h>
+        return f"fabs{self.suffix}({self._print(e.args[0])})"
+
     def _print_Sigmoid(self, e):
         return f"gc_sigmoid{self.suffix}({self._print(e.args[0])})"
 

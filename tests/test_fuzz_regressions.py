@@ -1,0 +1,187 @@
+"""Regression tests for what the fuzzer (test_fuzz.py) found, each model minimized by hand.
+
+A test marked ``xfail(strict=True, reason="BUG: ...")`` is a compiler bug still
+present: when it is fixed the test XPASSes, which fails the run, so remove the
+mark then, and drop the construct's name from ``fuzzgen.KNOWN_BUGS`` so that the
+fuzzer generates it again.
+
+The expected values are worked out by hand in each docstring; nothing here
+uses gradc except to compile the model under test.
+
+Run: ``python -m pytest -q tests/test_fuzz_regressions.py``
+"""
+import numpy as np
+import pytest
+import sympy as sp
+
+import gradc as gc
+
+import fuzzgen
+
+
+def test_every_known_bug_has_a_regression_test():
+    names = {"shadowed_sum_index": test_regression_nested_sum_reusing_the_outer_index_name,
+             "piecewise_condition_ite": test_regression_piecewise_condition_on_a_piecewise_value,
+             "floor_of_expression": test_regression_floor_of_an_expression_of_a_parameter,
+             "abs_of_integer": test_regression_abs_of_an_int32_input}
+    assert set(fuzzgen.KNOWN_BUGS) <= set(names), set(fuzzgen.KNOWN_BUGS) - set(names)
+
+
+def test_regression_nested_sum_reusing_the_outer_index_name():
+    """loss = x * Sum_k v[k] * (Sum_k w[k]) = x * (sum v) * (sum w).
+
+    With v = (1, -1, 2), w = (1, 2, 3) and x = 1, 2: loss = 1.5 * 2 * 6 = 18,
+    dL/dw = 1.5 * sum v = 3 each, dL/dv = 1.5 * sum w = 9 each.
+    (gradc gives 22.5 = 1.5 * sum_k v[k] * 3 w[k], and dv = (4.5, 9, 13.5).)
+    """
+    m = gc.Model("nested_sum_same_index")
+    k = gc.index("k")
+    x = m.input("x")
+    w, v = m.param("w", 3), m.param("v", 3)
+    m.loss(x * sp.Sum(v[k] * sp.Sum(w[k], (k, 0, 2)), (k, 0, 2)))
+    mod = gc.compile_model(m)
+    params = {"w": np.array([1.0, 2.0, 3.0]), "v": np.array([1.0, -1.0, 2.0])}
+    L, g = mod.loss_and_grad(params, x=np.array([1.0, 2.0]))
+    assert L == pytest.approx(18.0, rel=1e-12)
+    np.testing.assert_allclose(g["w"], [3.0, 3.0, 3.0], rtol=1e-12)
+    np.testing.assert_allclose(g["v"], [9.0, 9.0, 9.0], rtol=1e-12)
+
+
+def test_nested_sums_over_distinct_index_names_are_right():
+    """The same model with the inner index renamed compiles correctly (the bug above is about the name only)."""
+    m = gc.Model("nested_sum_distinct_index")
+    k, j = gc.index("k"), gc.index("j")
+    x = m.input("x")
+    w, v = m.param("w", 3), m.param("v", 3)
+    m.loss(x * sp.Sum(v[k] * sp.Sum(w[j], (j, 0, 2)), (k, 0, 2)))
+    mod = gc.compile_model(m)
+    params = {"w": np.array([1.0, 2.0, 3.0]), "v": np.array([1.0, -1.0, 2.0])}
+    L, g = mod.loss_and_grad(params, x=np.array([1.0, 2.0]))
+    assert L == pytest.approx(18.0, rel=1e-12)
+    np.testing.assert_allclose(g["w"], [3.0, 3.0, 3.0], rtol=1e-12)
+    np.testing.assert_allclose(g["v"], [9.0, 9.0, 9.0], rtol=1e-12)
+
+
+def test_regression_piecewise_condition_on_a_piecewise_value():
+    """r = x if a > 0 else -x; loss = a**2 if r > 0 else 3a.
+
+    With a = 0.5 (so r = x) and x = 1, -2: the losses are a**2 = 0.25 and 3a = 1.5,
+    mean 0.875; the gradient is (2a + 3) / 2 = 2.
+    """
+    m = gc.Model("piecewise_condition_on_piecewise")
+    x = m.input("x")
+    a = m.param("a")
+    r = sp.Piecewise((x, a > 0), (-x, True))
+    m.loss(sp.Piecewise((a ** 2, r > 0), (3 * a, True)))     # SymPy: ITE(a > 0, x > 0, x < 0)
+    mod = gc.compile_model(m)
+    L, g = mod.loss_and_grad({"a": np.array(0.5)}, x=np.array([1.0, -2.0]))
+    assert L == pytest.approx(0.875, rel=1e-12)
+    assert float(g["a"]) == pytest.approx(2.0, rel=1e-12)
+
+
+def test_piecewise_condition_on_a_stage_holding_a_piecewise_is_right():
+    """The workaround: make the Piecewise value a stage (m.define), so the condition reads a plain value."""
+    m = gc.Model("piecewise_condition_on_stage")
+    x = m.input("x")
+    a = m.param("a")
+    r = m.define("r", sp.Piecewise((x, a > 0), (-x, True)))
+    m.loss(sp.Piecewise((a ** 2, r > 0), (3 * a, True)))
+    mod = gc.compile_model(m)
+    L, g = mod.loss_and_grad({"a": np.array(0.5)}, x=np.array([1.0, -2.0]))
+    assert L == pytest.approx(0.875, rel=1e-12)
+    assert float(g["a"]) == pytest.approx(2.0, rel=1e-12)
+
+
+def test_regression_floor_of_an_expression_of_a_parameter():
+    """loss = floor(a**2 + x) + ceiling(a - x) + a * x; floor and ceiling are flat almost everywhere.
+
+    With a = 0.5 and x = 0.2, 0.9: floor(0.45) = 0, floor(1.15) = 1, ceiling(0.3) = 1, ceiling(-0.4) = 0,
+    so loss = (0 + 1 + 1 + 0) / 2 + 0.5 * 0.55 = 1.275 and dL/da = mean x = 0.55.
+    """
+    m = gc.Model("floor_of_expression")
+    x = m.input("x")
+    a = m.param("a")
+    m.loss(sp.floor(a ** 2 + x) + sp.ceiling(a - x) + a * x)
+    mod = gc.compile_model(m)
+    L, g = mod.loss_and_grad({"a": np.array(0.5)}, x=np.array([0.2, 0.9]))
+    assert L == pytest.approx(1.275, rel=1e-12)
+    assert float(g["a"]) == pytest.approx(0.55, rel=1e-12)
+
+
+def test_floor_of_a_stage_is_right():
+    """The workaround: floor of a plain read (a stage) compiles, and its derivative is 0."""
+    m = gc.Model("floor_of_stage")
+    x = m.input("x")
+    a = m.param("a")
+    r = m.define("r", a ** 2 + x)
+    c = m.define("c", a - x)
+    m.loss(sp.floor(r) + sp.ceiling(c) + a * x)
+    mod = gc.compile_model(m)
+    L, g = mod.loss_and_grad({"a": np.array(0.5)}, x=np.array([0.2, 0.9]))
+    assert L == pytest.approx(1.275, rel=1e-12)
+    assert float(g["a"]) == pytest.approx(0.55, rel=1e-12)
+
+
+def test_regression_abs_of_an_int32_input():
+    """o = |u - 2| for u = 0, 1, 2, 3, 5 is 2, 1, 0, 1, 3; loss = a * o has mean 1.4 a, dL/da = 1.4."""
+    m = gc.Model("abs_of_int32")
+    u = m.input("u", dtype="int32")
+    a = m.param("a")
+    o = m.output("o", sp.Abs(u - 2))
+    m.loss(a * o)
+    mod = gc.compile_model(m)
+    ids = np.array([0, 1, 2, 3, 5], dtype=np.int32)
+    np.testing.assert_array_equal(mod.forward({"a": np.array(0.5)}, u=ids)["o"], [2.0, 1.0, 0.0, 1.0, 3.0])
+    L, g = mod.loss_and_grad({"a": np.array(0.5)}, u=ids)
+    assert L == pytest.approx(0.7, rel=1e-12)
+    assert float(g["a"]) == pytest.approx(1.4, rel=1e-12)
+
+
+# The standalone C loop GCC 12.2 gets wrong at -O3 -march=native (AVX2) on x86-64: save it as probe.c,
+# ``gcc -O3 -march=native probe.c && ./a.out`` prints the number of wrong elements (18 there, 0 at -O2).
+_PROBE = r"""
+#include <stdio.h>
+__attribute__((noinline)) static void pick(double *restrict s, const double *restrict a,
+                                           const double *restrict b, const double *restrict c)
+{
+    for (int i = 0; i < 6; ++i)
+        for (int j = 0; j < 6; ++j)
+            s[i * 6 + j] = (a[i * 6 + j] < 0) ? b[i * 6 + j] : c[i * 6 + j];
+}
+int main(void)
+{
+    double a[36], b[36], c[36], s[36];
+    int bad = 0;
+    for (int k = 0; k < 36; ++k) { a[k] = k % 3 ? 1.0 : -1.0; b[k] = -1.0 - k; c[k] = 1.0 + k; }
+    pick(s, a, b, c);
+    for (int k = 0; k < 36; ++k) bad += s[k] != (a[k] < 0 ? b[k] : c[k]);
+    printf("%d\n", bad);
+    return 0;
+}
+"""
+
+
+def test_regression_piecewise_select_over_a_6x6_stage():
+    """t = a if c < 0 else b elementwise, with c = x - w, a = 2x + w, b = 3x - w (three 6x6 stages).
+
+    Found at commit 2f9b067, whose per-sample loops GCC 12.2 (Debian 12.2.0-14) miscompiled at gradc's
+    -O3 -march=native (AVX2): about a quarter of the elements came out as 0, in forward, loss and
+    gradient. The same compiler still gets the standalone loop in _PROBE wrong; the sample-blocked
+    kernels of later commits are compiled right, and this test keeps them so.
+    """
+    m = gc.Model("select_6x6")
+    x = m.input("x", (6, 6))
+    w = m.param("w")
+    c = m.define("c", (6, 6), lambda i, j: x[i, j] - w)
+    a = m.define("a", (6, 6), lambda i, j: 2 * x[i, j] + w)
+    b = m.define("b", (6, 6), lambda i, j: 3 * x[i, j] - w)
+    t = m.output("t", m.define("pick", (6, 6), lambda i, j: sp.Piecewise((a[i, j], c[i, j] < 0), (b[i, j], True))))
+    m.loss((t * t).sum() / 36)
+    mod = gc.compile_model(m)
+    X = np.random.default_rng(0).uniform(-1, 1, size=(3, 6, 6))
+    want = np.where(X - 0.5 < 0, 2 * X + 0.5, 3 * X - 0.5)
+    np.testing.assert_allclose(mod.forward({"w": np.array(0.5)}, x=X)["t"], want, rtol=1e-12, atol=1e-12)
+    L, g = mod.loss_and_grad({"w": np.array(0.5)}, x=X)
+    assert L == pytest.approx(np.mean(np.sum(want ** 2, axis=(1, 2)) / 36), rel=1e-12)
+    dw = np.mean(np.sum(2 * want * np.where(X - 0.5 < 0, 1.0, -1.0), axis=(1, 2)) / 36)
+    assert float(g["w"]) == pytest.approx(dw, rel=1e-10)
