@@ -243,6 +243,8 @@ class Compiled:
             if err:
                 raise ValueError(f"argument {err}")
             out.append(a)
+        if n is None:      # a model with no inputs or targets: its loss is one value, a batch of one
+            n = 1
         if n == 0:
             raise ValueError("the batch is empty: pass at least one sample")
         return n, out

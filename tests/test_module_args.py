@@ -327,3 +327,16 @@ def test_int32_vector_elements_indexing_tables_of_different_sizes_accept_their_o
     L = ids_mod.loss(p, ids=ids, y=[0.0, 0.0])
     s = np.sum(p["U"][ids[:, 0]] * p["V"][ids[:, 1]], axis=1)
     assert L == pytest.approx(np.mean(s ** 2), rel=1e-12)
+
+
+def test_a_model_without_inputs_or_targets_takes_only_its_parameters(tmp_path):
+    path = tmp_path / "noinput.py"
+    path.write_text('import sympy as sp\nimport gradc as gc\nm = gc.Model("noinput")\n'
+                    'w = m.param("w", 3, init=1.5)\nk = gc.index("k")\n'
+                    'm.loss(sp.Sum(w[k] ** 2, (k, 0, 2)))\n')
+    mod = gradc.load(str(path))
+    p = mod.init_params()
+    L, g = mod.loss_and_grad(p)
+    assert L == pytest.approx(3 * 1.5 ** 2)
+    np.testing.assert_allclose(g["w"], 2 * 1.5 * np.ones(3))
+    assert mod.loss(p) == pytest.approx(L)
