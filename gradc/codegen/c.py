@@ -172,12 +172,13 @@ def template_digest():
     import hashlib
     import os
     h = hashlib.sha256()
-    root = resources.files("gradc.templates").joinpath("c")
-    for name in sorted(p.name for p in root.iterdir() if p.name.endswith(".j2")):
-        h.update(name.encode() + root.joinpath(name).read_bytes())
+    for sub in ("c", "cuda"):
+        root = resources.files("gradc.templates").joinpath(sub)
+        for name in sorted(p.name for p in root.iterdir() if p.name.endswith(".j2")):
+            h.update(f"{sub}/{name}".encode() + root.joinpath(name).read_bytes())
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for rel in ("model.py", "nn.py", "functions.py", "rewrite.py", "ir.py", "autodiff.py", "simplify.py",
-                "build.py", "codegen/c.py", "codegen/names.py"):
+                "build.py", "codegen/c.py", "codegen/cuda.py", "codegen/names.py"):
         with open(os.path.join(pkg, rel), "rb") as f:
             h.update(rel.encode() + f.read())
     _digest.append(h.hexdigest())
@@ -434,11 +435,14 @@ class _Builder:
                 stmts.append(("add", r, pr.doprint(v)))
         temps = outer + inner_t
         body = [("lanes_sum", sums, temps + stmts)] if sums else [("lanes", temps + stmts)] if stmts else []
-        if scatters:
-            body.append(("lanes_serial", temps + scatters))
         nests = [self._outer_nest(st, t, u, coef, r) for u, coef, r in outer_ups]
         if body:
             nests.append(dict(loops=loops, pre=[], inner=inner, body=body, post=[], comment=comment))
+        if scatters:
+            # sample by sample, the nest's loops inside: one sample's row is contiguous (vectorized),
+            # and each gradient element still receives the samples in order
+            nests.append(dict(loops=[], pre=[], inner=[], body=[("lanes_outer", loops + inner, temps + scatters)],
+                              post=[], comment=comment + ", scattered sample by sample"))
         return nests
 
     def _outer_nest(self, st, t, u, coef, r):
@@ -617,8 +621,10 @@ def _texts(stmts):
     """The text of a statement list, nested lane blocks included (to find the names it uses)."""
     out = []
     for st in stmts:
-        if st[0] in ("lanes", "lanes_serial"):
+        if st[0] == "lanes":
             out.append(_texts(st[1]))
+        elif st[0] == "lanes_outer":
+            out.append(_texts(st[2]))
         elif st[0] == "lanes_sum":
             out.append(" ".join(f"{r} {t}" for r, t in st[1]) + " " + _texts(st[2]))
         else:
