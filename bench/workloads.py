@@ -15,7 +15,8 @@ backward over one minibatch + the optimizer update, on one thread. The script re
   CasADi's code generation + gcc;
 - each step's arithmetic (GEMM-equivalent FLOPs) as a rate, beside the machine's single-thread
   SGEMM and DGEMM rate (numpy 1024x1024 matmul) measured in the same run;
-- where gradc's own step goes: the generated C kernel alone, ``loss_and_grad``, ``opt.step``;
+- where gradc's own step goes: the fused ``opt.train_step``, the generated C kernel alone, and the
+  unfused ``loss_and_grad`` + ``opt.step``;
 - a correctness check: from the shared initial parameters, each peer's loss over the first steps
   against gradc's (relative 1e-4 when either side is float32, 1e-10 when both are float64; W1 runs
   its whole 100-step schedule, which ends at loss 0.0107 in every peer).
@@ -328,6 +329,7 @@ def build_gradc(wl, cache_dirs):
         batches = [{nm["u"]: u.astype(np.int32), nm["i"]: i.astype(np.int32),
                     nm["mu"]: np.full(len(u), mu, dt), nm["r"]: r.astype(dt)} for u, i, r in wl.mf_batches()]
     nb, lg = len(batches), mod.loss_and_grad
+    train = opt.train_step        # one fused C call for plain SGD and Adam (optim.Optimizer.train_step)
     if wl.id == "W1":
         lrs = opt.lr
 
@@ -335,14 +337,10 @@ def build_gradc(wl, cache_dirs):
             lr = wl.lr_at(k)
             for n in lrs:
                 lrs[n] = lr
-            L, g = lg(p, **batches[k % nb])
-            opt.step(g)
-            return L
+            return train(mod, **batches[k % nb])
     else:
         def step(k):
-            L, g = lg(p, **batches[k % nb])
-            opt.step(g)
-            return L
+            return train(mod, **batches[k % nb])
     parts = {"step": lambda: step(0), "loss_and_grad": lambda: lg(p, **batches[0])}
     g0 = lg(p, **batches[0])[1]
     parts["opt.step"] = lambda: opt.step(g0)
@@ -1017,20 +1015,23 @@ def markdown(results, meta):
     L.append("")
     L.append("## Where gradc's step goes (median µs, timed apart on batch 0)")
     L.append("")
-    L.append("| workload | whole step (timed here) | `loss_and_grad` | of which the C kernel "
-             "| Python around the kernel | `opt.step` |")
+    L.append("| workload | whole step, `opt.train_step` | of which the C kernel | Python around the kernel "
+             "| unfused: `loss_and_grad` | + `opt.step` |")
     L.append("|---|---:|---:|---:|---:|---:|")
     for r in results:
         pt = r.get("gradc_parts", {})
-        lg_, kern, st = pt.get("loss_and_grad"), pt.get("C kernel"), pt.get("opt.step")
+        whole, kern = pt.get("step"), pt.get("C kernel")
         f = lambda v: "" if v is None else fmt_us(v)  # noqa: E731
-        L.append(f"| {r['id']} | {f(pt.get('step'))} | {f(lg_)} | {f(kern)} | "
-                 f"{f(None if kern is None or lg_ is None else lg_ - kern)} | {f(st)} |")
+        L.append(f"| {r['id']} | {f(whole)} | {f(kern)} | "
+                 f"{f(None if kern is None or whole is None else whole - kern)} | {f(pt.get('loss_and_grad'))} | "
+                 f"{f(pt.get('opt.step'))} |")
     L.append("")
-    L.append("The pieces are timed apart from the peers, interleaved with one another, on batch 0: the whole step, "
-             "`mod.loss_and_grad`, the generated `loss_grad` C function alone (called through cffi with its buffers "
-             "prepared once) and `opt.step`. `loss_and_grad` minus the kernel is what the Python wrapper adds: "
-             "argument and int32 index checks, the output arrays.")
+    L.append("The pieces are timed apart from the peers, interleaved with one another, on batch 0. A gradc step is "
+             "`opt.train_step(mod, **batch)`: for plain SGD and Adam one call into the generated C (loss, "
+             "gradient and update; no gradient dict). The C kernel is the generated `loss_grad` alone (called "
+             "through cffi with its buffers prepared once); the step minus the kernel is the update plus what "
+             "Python adds (argument checks, the cffi call). For comparison, the unfused path: "
+             "`mod.loss_and_grad` (which returns a gradient dict) and `opt.step` (numpy).")
     L.append("")
     L.append("## Correctness: loss over the first steps from the shared initial parameters")
     L.append("")

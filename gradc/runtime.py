@@ -99,6 +99,8 @@ class Compiled:
         self._fwd = getattr(self.lib, f"{M}_forward")
         self._loss = getattr(self.lib, f"{M}_loss")
         self._lg = getattr(self.lib, f"{M}_loss_grad")
+        self._sgd = getattr(self.lib, f"{M}_sgd_step")
+        self._adam = getattr(self.lib, f"{M}_adam_apply")
         self.ws_bytes = int(getattr(self.lib, f"{M}_workspace_size")(1))
         self.params = meta["params"]
         self.n_params = meta["n_params"]
@@ -181,9 +183,7 @@ class Compiled:
                     or not a.flags.c_contiguous or (n >= 0 and a.shape[0] != n):
                 return None
             n = a.shape[0]
-            if ids and self.index_error(name, a):
-                return None
-            out.append(a)
+            out.append(a)       # ids are range-checked by the C function (EINDEX), named by _check
         return (n, out) if n > 0 else None
 
     def _masks(self, data, specs, rng):
@@ -284,9 +284,26 @@ class Compiled:
             self._local.w = w
         return self._ptr(w)
 
-    def _check(self, rc, fn):
-        if rc != 0:
-            raise ValueError(f"{fn}: {_ERRORS.get(rc, f'error code {rc}')}")
+    def _check(self, rc, fn, data=None):
+        if rc == 0:
+            return
+        if rc == 3 and data:      # name the argument and the sample holding the index out of range
+            for name in self.int_bounds:
+                if name in data:
+                    err = self.index_error(name, np.asarray(data[name]))
+                    if err:
+                        raise ValueError(f"argument {err}")
+        raise ValueError(f"{fn}: {_ERRORS.get(rc, f'error code {rc}')}")
+
+    def _writable_flat(self, params, fn):
+        """The flat buffer a fused step updates in place: ``params.flat`` of a ``Params`` of this model."""
+        flat = getattr(params, "flat", None)
+        if not (isinstance(params, Params) and isinstance(flat, np.ndarray) and flat.dtype == self.dtype
+                and flat.shape == (self.n_params,) and len(params) == len(self.params)
+                and flat.flags.c_contiguous and flat.flags.writeable):
+            raise ValueError(f"{fn}: params must be the Params of this model (from init_params), updated in "
+                             f"place; got {type(params).__name__}")
+        return flat
 
     # ---- the contract --------------------------------------------------
     def forward(self, params, dropout_rng=None, **inputs):
@@ -301,7 +318,7 @@ class Compiled:
         outs = {o["name"]: np.empty((n, *o["shape"]), dtype=self.dtype) for o in self.meta["outputs"]}
         rc = self._fwd(n, self._ptr(flat), *[self._ptr(a) for a in arrays],
                        *[self._ptr(o) for o in outs.values()], self._work())
-        self._check(rc, "forward")
+        self._check(rc, "forward", inputs)
         return outs
 
     def loss(self, params, dropout_rng=None, **data):
@@ -310,7 +327,7 @@ class Compiled:
         n, arrays = self._data(data, self.meta["inputs"] + self.meta["targets"], "input or target", dropout_rng)
         out = np.empty(1, dtype=self.dtype)
         rc = self._loss(n, self._ptr(flat), *[self._ptr(a) for a in arrays], self._ptr(out), self._work())
-        self._check(rc, "loss")
+        self._check(rc, "loss", data)
         return float(out[0])
 
     def loss_and_grad(self, params, dropout_rng=None, **data):
@@ -324,17 +341,112 @@ class Compiled:
         g = np.empty(self.n_params, dtype=self.dtype)
         rc = self._lg(n, self._ptr(flat), *[self._ptr(a) for a in arrays], self._ptr(out), self._ptr(g),
                       self._work())
-        self._check(rc, "loss_and_grad")
+        self._check(rc, "loss_and_grad", data)
         return float(out[0]), Params(g, self.params)
+
+    # ---- fused training steps: one call into C, no gradient dict ---------------------
+    def _grad_buffer(self):
+        g = getattr(self._local, "g", None)
+        if g is None:
+            g = self._local.g = np.empty(self.n_params, dtype=self.dtype)
+        return g
+
+    def sgd_step(self, params, lr, dropout_rng=None, **data):
+        """One SGD step in place (``p -= lr * grad``), as one C call; returns the loss before the step.
+
+        ``params`` must be this model's ``Params`` (from ``init_params``). Equals
+        ``loss_and_grad`` followed by ``optim.SGD(p, lr).step`` to rounding.
+
+        Example::
+
+            for X, Y in batches:
+                L = mod.sgd_step(p, 0.1, x=X, y=Y)
+        """
+        flat = self._writable_flat(params, "sgd_step")
+        return self._sgd_flat(flat, _optim_scalar(lr, "sgd_step", "lr"), data, dropout_rng)
+
+    def _sgd_flat(self, flat, lr, data, dropout_rng):
+        n, arrays = self._data(data, self.meta["inputs"] + self.meta["targets"], "input or target", dropout_rng)
+        out = np.empty(1, dtype=self.dtype)
+        rc = self._sgd(n, self._ptr(flat), *[self._ptr(a) for a in arrays], lr, self._ptr(out),
+                       self._ptr(self._grad_buffer()), self._work())
+        self._check(rc, "sgd_step", data)
+        return float(out[0])
+
+    def adam_state(self):
+        """Fresh Adam state for ``adam_step``: ``{"step": 0, "exp_avg": zeros, "exp_avg_sq": zeros}``,
+        the buffers flat (``n_params`` values, laid out as ``params.flat``)."""
+        return {"step": 0, "exp_avg": np.zeros(self.n_params, self.dtype),
+                "exp_avg_sq": np.zeros(self.n_params, self.dtype)}
+
+    def adam_step(self, params, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, dropout_rng=None, **data):
+        """One Adam step in place (PyTorch's update, no weight decay); returns the loss before it.
+
+        ``state`` comes from ``adam_state()`` and is updated too. The scalars are computed as
+        ``optim.Adam`` computes them, so both agree to rounding.
+
+        Example::
+
+            st = mod.adam_state()
+            L = mod.adam_step(p, st, lr=1e-3, x=X, y=Y)
+        """
+        flat = self._writable_flat(params, "adam_step")
+        lr = _optim_scalar(lr, "adam_step", "lr")
+        eps = _optim_scalar(eps, "adam_step", "eps")
+        try:
+            beta1, beta2 = (float(b) for b in betas)
+        except (TypeError, ValueError):
+            raise ValueError(f"adam_step: betas must be a pair of numbers, got {betas!r}") from None
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise ValueError(f"adam_step: betas must lie in [0, 1), got {betas!r}")
+        if not isinstance(state, Mapping) or "step" not in state:
+            raise ValueError(f"adam_step: state must be the dict adam_state() returns, got {type(state).__name__}")
+        m, v = state.get("exp_avg"), state.get("exp_avg_sq")
+        for key, a in (("exp_avg", m), ("exp_avg_sq", v)):
+            if not (isinstance(a, np.ndarray) and a.dtype == self.dtype and a.shape == (self.n_params,)
+                    and a.flags.c_contiguous and a.flags.writeable):
+                raise ValueError(f"adam_step: state[{key!r}] must be a writable {self.dtype} array of "
+                                 f"{self.n_params} values (use adam_state())")
+        L = self._adam_flat(flat, m, v, int(state["step"]) + 1, lr, beta1, beta2, eps, data, dropout_rng)
+        state["step"] = int(state["step"]) + 1
+        return L
+
+    def _adam_flat(self, flat, m, v, t, lr, beta1, beta2, eps, data, dropout_rng):
+        n, arrays = self._data(data, self.meta["inputs"] + self.meta["targets"], "input or target", dropout_rng)
+        out, g = np.empty(1, dtype=self.dtype), self._grad_buffer()
+        rc = self._lg(n, self._ptr(flat), *[self._ptr(a) for a in arrays], self._ptr(out), self._ptr(g),
+                      self._work())
+        self._check(rc, "adam_step", data)
+        # the scalars in float64 as optim.Adam (and torch) compute them; C rounds them to the real type
+        self._adam(self._ptr(flat), self._ptr(g), self._ptr(m), self._ptr(v), 1 - beta1, beta2, 1 - beta2,
+                   lr / (1 - beta1 ** t), (1 - beta2 ** t) ** 0.5, eps)
+        return float(out[0])
+
+
+def _optim_scalar(x, fn, what):
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        raise ValueError(f"{fn}: {what} must be a number, got {x!r}") from None
+    if not 0 <= v < math.inf:
+        raise ValueError(f"{fn}: {what} must be a finite number >= 0, got {x!r}")
+    return v
 
 
 _EXPORTS = ("param_shapes", "input_shapes", "target_shapes", "output_shapes", "input_dtypes",
-            "target_dtypes", "init_params", "forward", "loss", "loss_and_grad")
+            "target_dtypes", "init_params", "forward", "loss", "loss_and_grad", "sgd_step", "adam_state",
+            "adam_step")
 
 
 def bind(namespace, entry, meta):
     """Fill ``namespace`` (a module's globals) with the module contract of a compiled model."""
-    c = Compiled(entry, meta)
+    if meta.get("target") == "cuda":
+        from .runtime_cuda import CudaCompiled
+        c = CudaCompiled(entry, meta)
+        namespace["to_device"], namespace["to_host"] = c.to_device, c.to_host
+    else:
+        c = Compiled(entry, meta)
+    namespace["target"] = meta.get("target", "c")
     for name in _EXPORTS:
         namespace[name] = getattr(c, name)
     namespace["dtype"] = c.dtype.type

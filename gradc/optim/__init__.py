@@ -118,6 +118,7 @@ class Optimizer:
         # when the arrays are views of one flat buffer (gradc's Params), a step can be one update
         self._flat_p = getattr(params, "flat", None)
         self._flat_st = None
+        self._fused = None            # (module, kind) when train_step can be one C call
 
         if frozen is None:
             frozen = ()
@@ -267,6 +268,71 @@ class Optimizer:
             if st is None:
                 st = self._state[k] = self._init_state(p, self._hyper[k])
             self._update(p, g, lr, self._hyper[k], st)
+
+    def train_step(self, module, dropout_rng=None, **batch):
+        """One training step on a batch: ``module.loss_and_grad`` then ``step``; returns the loss.
+
+        When the whole update is plain SGD (no momentum, weight decay or maximize) or plain
+        Adam (no weight decay, amsgrad or maximize) with one learning rate for all parameters,
+        and the parameters are the module's ``Params``, the step is one call into the
+        generated C (``sgd_step``, or ``loss_grad`` + ``adam_apply``): no gradient dict and no
+        numpy temporaries. Otherwise it is the two calls. Both agree to rounding; the state
+        (``state_dict``) is the same either way.
+
+        Example::
+
+            opt = Adam(p, lr=1e-3)
+            for X, Y in batches:
+                L = opt.train_step(mod, x=X, y=Y)
+        """
+        c = getattr(module, "_compiled", None)
+        kind = self._fused_kind(c)
+        if kind is not None:
+            lr = float(next(iter(self.lr.values())))
+            if 0 <= lr < math.inf:
+                st = self._flat_st
+                if kind == "sgd":
+                    L = c._sgd_flat(self._flat_p, lr, batch, dropout_rng)
+                else:
+                    beta1, beta2 = self._flat_hyper["betas"]
+                    L = c._adam_flat(self._flat_p, st["exp_avg"], st["exp_avg_sq"], st["step"] + 1,
+                                     lr, beta1, beta2, self._flat_hyper["eps"], batch, dropout_rng)
+                st["step"] += 1
+                for s in self._state.values():
+                    s["step"] = st["step"]
+                return L
+        L, g = module.loss_and_grad(self.params, dropout_rng=dropout_rng, **batch)
+        self.step(g)
+        return L
+
+    def _fused_kind(self, c):
+        """"sgd" or "adam" when ``train_step`` can run as one C call for compiled model ``c``."""
+        fp = self._flat_p
+        if c is None or fp is None:
+            return None
+        if self._fused is not None and self._fused[0] is c and self._flat_st is not None:
+            return self._fused[1] if len(self.lr) == len(self.params) and len(set(self.lr.values())) == 1 else None
+        self._fused = None
+        kind = self._fusable()
+        if kind is None or not hasattr(c, "_sgd_flat") or fp.dtype != c.dtype or fp.shape != (c.n_params,) \
+                or len(self.params) != len(c.params) or not fp.flags.writeable or not fp.flags.c_contiguous:
+            return None
+        base = fp.__array_interface__["data"][0]
+        for q in c.params:      # the dict's arrays are the views of c's layout
+            a = self.params.get(q["name"])
+            if a is None or a.__array_interface__["data"][0] != base + q["offset"] * fp.itemsize \
+                    or a.size != q["size"]:
+                return None
+        hs = list(self._hyper.values())
+        if self._flat_st is None:
+            self._gather_state(fp, hs[0])
+        if kind == "adam" and "exp_avg" not in self._flat_st:
+            return None
+        self._fused = (c, kind)
+        return self._fused_kind(c)
+
+    def _fusable(self):
+        return None
 
     def _init_state(self, p, h):
         return {"step": 0}
@@ -437,6 +503,7 @@ class Optimizer:
         self.lr.clear()
         self.lr.update({k: h["lr"] for k, h in hyper.items() if not h["frozen"]})
         self._flat_st = None          # the loaded arrays replace the views: gather them again
+        self._fused = None
 
 
 # ---- the optimizers -------------------------------------------------------------
@@ -479,6 +546,13 @@ class SGD(Optimizer):
     @staticmethod
     def _state_keys(h):
         return ("momentum_buffer",) if h["momentum"] != 0 else ()
+
+    def _fusable(self):
+        hs = list(self._hyper.values())
+        h = hs[0]
+        if h["frozen"] or any(x != h for x in hs[1:]):
+            return None
+        return "sgd" if h["momentum"] == 0 and h["weight_decay"] == 0 and not h["maximize"] else None
 
     @staticmethod
     def _update(p, g, lr, h, st):
@@ -538,6 +612,13 @@ class Adam(Optimizer):
     @staticmethod
     def _state_keys(h):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if h["amsgrad"] else ())
+
+    def _fusable(self):
+        hs = list(self._hyper.values())
+        h = hs[0]
+        if h["frozen"] or any(x != h for x in hs[1:]):
+            return None
+        return "adam" if h["weight_decay"] == 0 and not h["amsgrad"] and not h["maximize"] else None
 
     def _init_state(self, p, h):
         st = {"step": 0, "exp_avg": np.zeros_like(p), "exp_avg_sq": np.zeros_like(p)}
