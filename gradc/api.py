@@ -13,7 +13,7 @@ import threading
 
 from .errors import ModelError
 
-_TARGETS = ("c",)
+_TARGETS = ("c", "cuda")
 _lock = threading.Lock()
 
 
@@ -143,15 +143,19 @@ def build_model(model_or_prog, dtype="float64", target="c"):
     from .build import build
     from .ir import Program
     if target not in _TARGETS:
-        raise ModelError(f"target {target!r} is not available yet; use --target c", where=None)
+        raise ModelError(f"target must be one of {', '.join(_TARGETS)}, not {target!r}", where=None)
     if dtype not in ("float32", "float64"):
         raise ModelError(f"dtype must be float32 or float64, not {dtype!r}", where=None)
     prog = model_or_prog if isinstance(model_or_prog, Program) else lower_model(model_or_prog)
 
     def make_source():
         from .autodiff import differentiate
-        from .codegen.c import render
-        src = render(prog, differentiate(prog), dtype)
+        if target == "cuda":
+            from .codegen.cuda import render_cuda
+            src = render_cuda(prog, differentiate(prog), dtype)
+        else:
+            from .codegen.c import render
+            src = render(prog, differentiate(prog), dtype)
         return src, module_info(prog, src, dtype, target)
 
     with _lock:

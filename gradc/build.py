@@ -70,9 +70,39 @@ def _sha256_file(path):
     return h.hexdigest()
 
 
+def nvcc():
+    """(command, identity) of the CUDA compiler: ``$NVCC`` or ``nvcc``."""
+    cmd = os.environ.get("NVCC", "nvcc")
+    path = shutil.which(cmd)
+    if path is None:
+        raise BuildError(f"target cuda needs the CUDA compiler, but {cmd!r} is not on PATH "
+                         "(install the CUDA toolkit or set NVCC; the C target needs neither)")
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return path, f"{real}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def cuda_emulated():
+    """True when ``$GRADC_CUDA_EMULATE`` is 1: target cuda builds its source as C++ that runs each
+    kernel launch as a loop on the CPU (for tests on machines without a GPU)."""
+    return os.environ.get("GRADC_CUDA_EMULATE") == "1"
+
+
+def cuda_flags():
+    arch = os.environ.get("GRADC_CUDA_ARCH", "native")
+    return ["-O3", f"-arch={arch}", "-Xcompiler", "-fPIC", "-cudart", "static"]
+
+
 def cache_key(prog, dtype, target, template_digest):
     _, cc_id = compiler()
-    parts = [prog.canonical(), dtype, target, template_digest, cc_id, " ".join(FLAGS),
+    flags = " ".join(FLAGS)
+    if target == "cuda":
+        if cuda_emulated():
+            target, flags = "cuda-emulated", flags + " emulated"
+        else:
+            cc_id += " " + nvcc()[1]
+            flags += " " + " ".join(cuda_flags())
+    parts = [prog.canonical(), dtype, target, template_digest, cc_id, flags,
              __version__, sys.implementation.cache_tag, sysconfig.get_platform()]
     return hashlib.sha256("\n\x00".join(parts).encode()).hexdigest()
 
@@ -246,11 +276,45 @@ def _discard(path, root):
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def _run(cmd, what, M):
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    except OSError as e:
+        raise BuildError(f"{what} {cmd[0]!r} cannot be run: {e}") from None
+    if proc.returncode != 0:
+        raise BuildError(f"{what} failed on model {M!r} (exit {proc.returncode}):\n"
+                         f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+
+
+def _compile_cuda(src, tmp, modname, wrapper, so_name):
+    """The CUDA extension: the cffi wrapper by the C compiler, the .cu by nvcc (or, emulated, by
+    the C++ compiler), linked with the CUDA runtime static."""
+    M = src.name
+    cc, _ = compiler()
+    wobj, cobj = os.path.join(tmp, f"{modname}.o"), os.path.join(tmp, f"{M}.o")
+    _run([cc, "-O2", "-fPIC", "-I", sysconfig.get_paths()["include"], "-I", tmp, "-c", wrapper, "-o", wobj],
+         "the C compiler", M)
+    cu, so = os.path.join(tmp, f"{M}.cu"), os.path.join(tmp, so_name)
+    if cuda_emulated():
+        cxx = os.environ.get("CXX", "c++")
+        _run([cxx, "-O2", "-fPIC", "-DGRADC_CUDA_EMULATE", "-x", "c++", "-I", tmp, "-c", cu, "-o", cobj],
+             "the C++ compiler (emulated CUDA)", M)
+        _run([cxx, "-shared", wobj, cobj, "-o", so, "-lm"], "the linker", M)
+    else:
+        nv, _ = nvcc()
+        _run([nv, *cuda_flags(), "-I", tmp, "-c", cu, "-o", cobj], "nvcc", M)
+        _run([nv, "-shared", "-cudart", "static", wobj, cobj, "-o", so], "nvcc (linking)", M)
+    for p in (wobj, cobj):
+        os.remove(p)
+    return [f"{M}.cu", f"{M}.h", so_name]
+
+
 def _compile(src, info, key, tmp):
     from cffi import FFI
     M = src.name
     modname = f"_gradc_{M}_{key[:12]}"
-    with open(os.path.join(tmp, f"{M}.c"), "w") as f:
+    cuda = info.get("target") == "cuda"
+    with open(os.path.join(tmp, f"{M}.cu" if cuda else f"{M}.c"), "w") as f:
         f.write(src.c)
     with open(os.path.join(tmp, f"{M}.h"), "w") as f:
         f.write(src.h)
@@ -261,6 +325,10 @@ def _compile(src, info, key, tmp):
     with contextlib.redirect_stdout(io.StringIO()):     # cffi announces "generating ..."
         ffi.emit_c_code(wrapper)
     so_name = modname + importlib.machinery.EXTENSION_SUFFIXES[0]
+    if cuda:
+        names = _compile_cuda(src, tmp, modname, wrapper, so_name)
+        os.remove(wrapper)
+        return _finish(info, key, modname, so_name, names, tmp)
     cc, _ = compiler()
     link = ["-bundle", "-undefined", "dynamic_lookup"] if sys.platform == "darwin" else ["-shared"]
     cmd = [cc, *FLAGS, *link, "-I", sysconfig.get_paths()["include"], "-I", tmp,
@@ -274,7 +342,11 @@ def _compile(src, info, key, tmp):
         raise BuildError(f"the C compiler failed on model {M!r} ({why}):\n"
                          f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
     os.remove(wrapper)
-    files = {fn: _sha256_file(os.path.join(tmp, fn)) for fn in (f"{M}.c", f"{M}.h", so_name)}
+    return _finish(info, key, modname, so_name, (f"{M}.c", f"{M}.h", so_name), tmp)
+
+
+def _finish(info, key, modname, so_name, names, tmp):
+    files = {fn: _sha256_file(os.path.join(tmp, fn)) for fn in names}
     meta = dict(info, key=key, module=modname, so=so_name, files=files, gradc=__version__)
     meta["meta_sha256"] = _meta_digest(meta)
     with open(os.path.join(tmp, META), "w") as f:

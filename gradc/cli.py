@@ -1,6 +1,6 @@
 """The command line: ``gradc compile | show``.
 
-    gradc compile MODEL.py [-o OUTDIR] [--name NAME] [--dtype float32|float64] [--target c]
+    gradc compile MODEL.py [-o OUTDIR] [--name NAME] [--dtype float32|float64] [--target c|cuda]
     gradc show MODEL.py [--latex]
 
 A mistake in a model file prints one message naming the file and line and
@@ -118,8 +118,6 @@ def cmd_compile(args):
     from .api import build_model
     from .codegen.names import ident
     t0 = time.perf_counter()
-    if args.target != "c":
-        raise ModelError(f"target {args.target!r} is not available yet; use --target c", where=None)
     model = _load(args)
     if args.name:
         model.name = args.name
@@ -127,7 +125,8 @@ def cmd_compile(args):
     modname = module_name(ident(model.name, "model"))
     os.makedirs(args.outdir, exist_ok=True)
     M = meta["prefix"]
-    for fn in (f"{M}.c", f"{M}.h", meta["so"]):
+    src_name = f"{M}.cu" if args.target == "cuda" else f"{M}.c"
+    for fn in (src_name, f"{M}.h", meta["so"]):
         _copy(os.path.join(entry, fn), os.path.join(args.outdir, fn))
     meta_file = f"{modname}.gradc.json"
     _write(os.path.join(args.outdir, meta_file), json.dumps(meta, indent=1, sort_keys=True))
@@ -140,8 +139,8 @@ def cmd_compile(args):
     _write(os.path.join(args.outdir, f"{modname}.py"),
            tpl.render(module=modname, meta_file=meta_file, version=__version__))
     dt = time.perf_counter() - t0
-    print(f"gradc: wrote {os.path.join(args.outdir, M + '.c')}, {M}.h and module {modname} "
-          f"({meta['n_params']} parameters, {args.dtype}) in {dt:.2f} s")
+    print(f"gradc: wrote {os.path.join(args.outdir, src_name)}, {M}.h and module {modname} "
+          f"({meta['n_params']} parameters, {args.dtype}, target {args.target}) in {dt:.2f} s")
     return 0
 
 
