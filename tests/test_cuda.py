@@ -287,3 +287,17 @@ def test_cli_compile_target_cuda_writes_the_cu_source(emulate, run_cli, tmp_path
     p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env,
                        timeout=300)
     assert p.returncode == 0 and p.stdout.startswith("cuda "), p.stderr
+
+
+def test_the_emulation_catches_a_kernel_whose_threads_write_one_element(emulate, monkeypatch, tmp_path):
+    """The ownership rule is what makes the GPU kernels race-free, and sequential emulation alone
+    would not notice a broken one: every write is checked. Here the rule is broken on purpose (every
+    loop variable 'owned', so threads that differ in a reduction index write one element)."""
+    from gradc.codegen import c, cuda
+    monkeypatch.setenv("GRADC_CACHE_DIR", str(tmp_path / "cache"))   # this broken build stays here,
+    monkeypatch.setattr(c, "_digest", ["a deliberately broken generator"])   # under a key of its own
+    monkeypatch.setattr(cuda._CudaBuilder, "_owned", lambda self, ups, loop_syms: list(loop_syms))
+    mg = gradc.load(os.path.join(EXAMPLES, "digits", "model.py"), target="cuda")
+    data = _data(mg._compiled, 5, np.random.default_rng(0), "float64")
+    with pytest.raises(RuntimeError, match=r"CUDA failed: threads \d+ and \d+ of digits_k\d+ write one element"):
+        mg.loss_and_grad(mg.init_params(seed=0), **data)
