@@ -301,3 +301,16 @@ def test_the_emulation_catches_a_kernel_whose_threads_write_one_element(emulate,
     data = _data(mg._compiled, 5, np.random.default_rng(0), "float64")
     with pytest.raises(RuntimeError, match=r"CUDA failed: threads \d+ and \d+ of digits_k\d+ write one element"):
         mg.loss_and_grad(mg.init_params(seed=0), **data)
+
+
+def test_the_gpu_check_script_runs_emulated(emulate, tmp_path):
+    """bench/gpu_check.py is what a GPU machine runs; here it runs emulated, on two models."""
+    env = dict(os.environ, GRADC_CUDA_EMULATE="1")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), "--models", "moons,recsys",
+                        "--sizes", "1,40", "--no-timing", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert md.count("| ok |") == 4 and "FAILED" not in md
+    sh = subprocess.run(["bash", "-n", os.path.join(ROOT, "bench", "gpu_check.sh")], capture_output=True, text=True)
+    assert sh.returncode == 0, sh.stderr
