@@ -320,7 +320,6 @@ class _Builder:
 
         def block(stmts):     # statements of one sample, run for every sample of the block
             return [("lanes", stmts)] if lanes else stmts
-        acc = "acc[b]" if lanes else "acc"
         if st.elements is not None:
             temps, vals = cse_block(st.elements)
             outer, _ = self._temps(pr, names, temps, [])
@@ -335,39 +334,43 @@ class _Builder:
             return dict(loops=loops, pre=[], inner=[], body=block(outer + [("set", target, pr.doprint(val))]),
                         post=[], comment=self.c[st.name])
         init = "0" if st.op == "sum" else ("-HUGE_VALF" if self.dtype == "float32" else "-HUGE_VAL")
-        U = _unroll(t.shape[0]) if lanes and st.idx else 1
-        if U > 1:
-            return self._jammed_reduction(st, t, pr, names, loops, inner, init, U)
-        pre = [("arr" if lanes else "var", "acc", init)]
-        if lanes:      # per-lane temporaries are recomputed inside the sample loop
-            inner_t = outer + inner_t
-        else:
-            pre = outer + pre
+        if lanes:
+            U = _unroll(t.shape[0], 8) if st.idx else 1
+            return self._lane_reduction(st, pr, names, loops, inner, init, U)
+        pre = outer + [("var", "acc", init)]
         if st.op == "sum":
-            body = block(inner_t + [("add", acc, pr.doprint(val))])
+            body = inner_t + [("add", "acc", pr.doprint(val))]
         else:
-            body = block(inner_t + [("decl", "v", pr.doprint(val)), ("max", acc, "v")])
-        return dict(loops=loops, pre=pre, inner=inner, body=body, post=block([("set", target, acc)]),
+            body = inner_t + [("decl", "v", pr.doprint(val)), ("max", "acc", "v")]
+        return dict(loops=loops, pre=pre, inner=inner, body=body, post=[("set", target, "acc")],
                     comment=f"{self.c[st.name]}: {st.op} over {len(inner)} loop(s)")
 
-    def _jammed_reduction(self, st, t, pr, names, loops, inner, init, U):
-        """A per-sample reduction with its first output loop unrolled U times and jammed: U
+    def _lane_reduction(self, st, pr, names, loops, inner, init, U):
+        """A per-sample reduction, vectorized along the block's samples with the reduction loops
+        inside (outer-loop vectorization): each sample's accumulators stay in registers for the
+        whole reduction. With U > 1 the first output loop is unrolled U times and jammed: U
         accumulators share each load of the reduced operand (a register-blocked dot product)."""
-        i0 = st.idx[0]
-        pre, body, post = [], [], []
+        i0 = st.idx[0] if st.idx else None
+        accs, pre_t, body, post = [], [], [], []
+        red_vars = [k for k, _ in st.red]
         for u in range(U):
-            temps, (val,) = cse_block([st.body.xreplace({i0: i0 + u})])
-            outer, inner_t = self._temps(pr, names, temps, [k for k, _ in st.red])
+            bd = st.body if i0 is None else st.body.xreplace({i0: i0 + u})
+            temps, (val,) = cse_block([bd])
+            outer, inner_t = self._temps(pr, names, temps, red_vars)
             a = f"acc{u}"
-            pre.append(("arr", a, init))
+            accs.append((a, init))
+            pre_t += outer
             if st.op == "sum":
-                body += outer + inner_t + [("add", f"{a}[b]", pr.doprint(val))]
+                body += inner_t + [("add", a, pr.doprint(val))]
             else:
-                body += outer + inner_t + [("decl", f"v{u}", pr.doprint(val)), ("max", f"{a}[b]", f"v{u}")]
-            post.append(("set", pr.flat(st.name, (i0 + u,) + tuple(st.idx[1:])), f"{a}[b]"))
-        loops = [(loops[0][0], loops[0][1], U)] + loops[1:]
-        return dict(loops=loops, pre=pre, inner=inner, body=[("lanes", body)], post=[("lanes", post)],
-                    comment=f"{self.c[st.name]}: {st.op} over {len(inner)} loop(s), {U} outputs at a time")
+                body += inner_t + [("decl", f"v{u}", pr.doprint(val)), ("max", a, f"v{u}")]
+            idx = st.idx if i0 is None else (i0 + u,) + tuple(st.idx[1:])
+            post.append(("set", pr.flat(st.name, idx), a))
+        if U > 1:
+            loops = [(loops[0][0], loops[0][1], U)] + loops[1:]
+        how = f", {U} outputs at a time" if U > 1 else ""
+        return dict(loops=loops, pre=[], inner=[], body=[("lanes_acc", accs, pre_t, inner, body, post)], post=[],
+                    comment=f"{self.c[st.name]}: {st.op} over {len(inner)} loop(s){how}")
 
     def outer_updates(self, adj):
         """The updates of a per-sample dense layer's adjoint that are outer products,
@@ -404,7 +407,8 @@ class _Builder:
         if U > 1:
             loops = [(loops[0][0], loops[0][1], U)] + loops[1:]
         outer_ups = self.outer_updates(adj)
-        skip = {id(u) for u, _, _ in outer_ups}
+        gathered = self.gathered_updates(adj)
+        skip = {id(u) for u, _, _ in outer_ups} | {id(u) for u in gathered}
         updates = [(u, {} if U == 1 else {st.idx[0]: st.idx[0] + j}) for j in range(U)
                    for u in adj.updates if id(u) not in skip]
         temps, vals = cse_block([u.expr.xreplace(sub) for u, sub in updates])
@@ -436,6 +440,7 @@ class _Builder:
         temps = outer + inner_t
         body = [("lanes_sum", sums, temps + stmts)] if sums else [("lanes", temps + stmts)] if stmts else []
         nests = [self._outer_nest(st, t, u, coef, r) for u, coef, r in outer_ups]
+        nests += [self._gather_nest(st, t, u, pr, names) for u in gathered]
         if body:
             nests.append(dict(loops=loops, pre=[], inner=inner, body=body, post=[], comment=comment))
         if scatters:
@@ -445,13 +450,55 @@ class _Builder:
                               post=[], comment=comment + ", scattered sample by sample"))
         return nests
 
+    def gathered_updates(self, adj):
+        """Updates of a per-sample adjoint, inside a per-sample reduction's nest, whose target is
+        indexed by some of the loop variables and summed over the others (the input gradient of a
+        dense layer, dx[k] += dz[i] * W[i, k]): these run with the target's variables outside and
+        the sum inside, in registers, instead of a read-modify-write of the target per term."""
+        st = adj.stage
+        if st.scope != "sample" or not st.red or st.elements is not None:
+            return []
+        loop_syms = list(st.idx) + [k for k, _ in st.red]
+        out = []
+        for u in adj.updates:
+            comps = [sp.sympify(c) for c in u.idx]
+            if self.blocked(u.tensor) and comps and all(c in loop_syms for c in comps) \
+                    and len(set(comps)) == len(comps) < len(loop_syms):
+                out.append(u)
+        return out
+
+    def _gather_nest(self, st, t, u, pr, names):
+        ext = dict(zip(st.idx, t.shape))
+        ext.update(dict(st.red))
+        loop_syms = list(st.idx) + [k for k, _ in st.red]
+        comps = [sp.sympify(c) for c in u.idx]
+        own = [v for v in loop_syms if v in comps]
+        rest = [v for v in loop_syms if v not in comps]
+        U = _unroll(ext[own[0]], 8)
+        target = adjoint_symbol(u.tensor).name
+        accs, pre_t, body, post = [], [], [], []
+        for j in range(U):
+            sub = {own[0]: own[0] + j}
+            temps, (val,) = cse_block([u.expr.xreplace(sub)])
+            outer, inner_t = self._temps(pr, names, temps, rest)
+            a = f"acc{j}"
+            accs.append((a, "0"))
+            pre_t += outer
+            body += inner_t + [("add", a, pr.doprint(val))]
+            post.append(("add", pr.flat(target, tuple(c.xreplace(sub) for c in comps)), a))
+        loops = [(names[own[0]], ext[own[0]], U)] + [(names[v], ext[v], 1) for v in own[1:]]
+        inner = [(names[v], ext[v], 1) for v in rest]
+        return dict(loops=loops, pre=[], inner=[], body=[("lanes_acc", accs, pre_t, inner, body, post)], post=[],
+                    comment=f"d/d {self.c[st.name]}: {self.c[u.tensor]}, summed in registers"
+                    + (f", {U} at a time" if U > 1 else ""))
+
     def _outer_nest(self, st, t, u, coef, r):
         """dP[i, k] += coef * dT[i] * R[k] summed over the block: for each sample, U rows of dP
         take a rank-1 update along k from a sample-major copy of R."""
         w = self.where()
         K = self.prog.tensors[r].size
         return dict(outer=dict(
-            src=w[r][0], mirror="M_" + self.c[r], K=K, I=t.shape[0], U=_unroll(t.shape[0]),
+            src=w[r][0], mirror="M_" + self.c[r], K=K, I=t.shape[0], U=_unroll(t.shape[0], 8),
             d=w[adjoint_symbol(st.name).name][0], g=w[adjoint_symbol(u.tensor).name][0],
             coef=pr_number(coef, self.dtype)),
             loops=[], pre=[], inner=[], body=[], post=[],
@@ -612,9 +659,12 @@ def pr_number(x, dtype):
     return Printer(dtype, {}, {}, DTYPES[dtype]).doprint(sp.sympify(x))
 
 
-def _unroll(extent):
-    """How many outputs of a per-sample reduction to compute at once."""
-    return 4 if extent % 4 == 0 else 2 if extent % 2 == 0 else 1
+def _unroll(extent, most=4):
+    """How many outputs of a per-sample reduction to compute at once (at most ``most``)."""
+    for u in (8, 4, 2):
+        if u <= most and extent % u == 0:
+            return u
+    return 1
 
 
 def _texts(stmts):
@@ -625,6 +675,8 @@ def _texts(stmts):
             out.append(_texts(st[1]))
         elif st[0] == "lanes_outer":
             out.append(_texts(st[2]))
+        elif st[0] == "lanes_acc":
+            out.append(" ".join(a for a, _ in st[1]) + " " + _texts(st[2] + st[4] + st[5]))
         elif st[0] == "lanes_sum":
             out.append(" ".join(f"{r} {t}" for r, t in st[1]) + " " + _texts(st[2]))
         else:
