@@ -111,6 +111,7 @@ class Compiled:
         self.input_dtypes = {a["name"]: self._np_dtype(a) for a in meta["inputs"]}
         self.target_dtypes = {a["name"]: self._np_dtype(a) for a in meta["targets"]}
         self.int_bounds = meta["int_bounds"]
+        self._specs = meta["inputs"] + meta["targets"]
         self._local = threading.local()
         # what the fast argument check compares, per input and target
         self._expect = {a["name"]: (np.dtype(np.int32) if a["dtype"] == "int32" else self.dtype,
@@ -278,11 +279,24 @@ class Compiled:
         return self.ffi.from_buffer(self.ctype + "[]", a, require_writable=False)
 
     def _work(self):
-        w = getattr(self._local, "w", None)
-        if w is None:
+        wp = getattr(self._local, "wp", None)
+        if wp is None:
             w = np.empty(max(1, math.ceil(self.ws_bytes / self.dtype.itemsize)), dtype=self.dtype)
-            self._local.w = w
-        return self._ptr(w)
+            wp = self._local.wp = self._ptr(w)      # the cdata keeps the array alive
+        return wp
+
+    def _held_ptr(self, a):
+        """The cffi pointer of a long-lived array (a parameter buffer), made once: from_buffer costs
+        about a microsecond, a fifth of a small model's whole step."""
+        cache = self.__dict__.setdefault("_held", {})
+        hit = cache.get(id(a))
+        if hit is not None and hit[0] is a:
+            return hit[1]
+        if len(cache) >= 8:
+            cache.clear()
+        ptr = self._ptr(a)
+        cache[id(a)] = (a, ptr)
+        return ptr
 
     def _check(self, rc, fn, data=None):
         if rc == 0:
@@ -345,11 +359,13 @@ class Compiled:
         return float(out[0]), Params(g, self.params)
 
     # ---- fused training steps: one call into C, no gradient dict ---------------------
-    def _grad_buffer(self):
-        g = getattr(self._local, "g", None)
-        if g is None:
-            g = self._local.g = np.empty(self.n_params, dtype=self.dtype)
-        return g
+    def _step_buffers(self):
+        """Per thread: the gradient buffer and a one-value output, with their pointers, reused by the fused steps."""
+        b = getattr(self._local, "step", None)
+        if b is None:
+            g, out = np.empty(self.n_params, dtype=self.dtype), np.empty(1, dtype=self.dtype)
+            b = self._local.step = (g, self._ptr(g), out, self._ptr(out))
+        return b
 
     def sgd_step(self, params, lr, dropout_rng=None, **data):
         """One SGD step in place (``p -= lr * grad``), as one C call; returns the loss before the step.
@@ -366,11 +382,11 @@ class Compiled:
         return self._sgd_flat(flat, _optim_scalar(lr, "sgd_step", "lr"), data, dropout_rng)
 
     def _sgd_flat(self, flat, lr, data, dropout_rng):
-        n, arrays = self._data(data, self.meta["inputs"] + self.meta["targets"], "input or target", dropout_rng)
-        out = np.empty(1, dtype=self.dtype)
-        rc = self._sgd(n, self._ptr(flat), *[self._ptr(a) for a in arrays], lr, self._ptr(out),
-                       self._ptr(self._grad_buffer()), self._work())
-        self._check(rc, "sgd_step", data)
+        n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
+        _, gp, out, op = self._step_buffers()
+        rc = self._sgd(n, self._held_ptr(flat), *[self._ptr(a) for a in arrays], lr, op, gp, self._work())
+        if rc:
+            self._check(rc, "sgd_step", data)
         return float(out[0])
 
     def adam_state(self):
@@ -391,14 +407,7 @@ class Compiled:
             L = mod.adam_step(p, st, lr=1e-3, x=X, y=Y)
         """
         flat = self._writable_flat(params, "adam_step")
-        lr = _optim_scalar(lr, "adam_step", "lr")
-        eps = _optim_scalar(eps, "adam_step", "eps")
-        try:
-            beta1, beta2 = (float(b) for b in betas)
-        except (TypeError, ValueError):
-            raise ValueError(f"adam_step: betas must be a pair of numbers, got {betas!r}") from None
-        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
-            raise ValueError(f"adam_step: betas must lie in [0, 1), got {betas!r}")
+        lr, beta1, beta2, eps = adam_hyper(lr, betas, eps)
         if not isinstance(state, Mapping) or "step" not in state:
             raise ValueError(f"adam_step: state must be the dict adam_state() returns, got {type(state).__name__}")
         m, v = state.get("exp_avg"), state.get("exp_avg_sq")
@@ -412,15 +421,28 @@ class Compiled:
         return L
 
     def _adam_flat(self, flat, m, v, t, lr, beta1, beta2, eps, data, dropout_rng):
-        n, arrays = self._data(data, self.meta["inputs"] + self.meta["targets"], "input or target", dropout_rng)
-        out, g = np.empty(1, dtype=self.dtype), self._grad_buffer()
-        rc = self._lg(n, self._ptr(flat), *[self._ptr(a) for a in arrays], self._ptr(out), self._ptr(g),
-                      self._work())
-        self._check(rc, "adam_step", data)
+        n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
+        _, gp, out, op = self._step_buffers()
+        fp = self._held_ptr(flat)
+        rc = self._lg(n, fp, *[self._ptr(a) for a in arrays], op, gp, self._work())
+        if rc:
+            self._check(rc, "adam_step", data)
         # the scalars in float64 as optim.Adam (and torch) compute them; C rounds them to the real type
-        self._adam(self._ptr(flat), self._ptr(g), self._ptr(m), self._ptr(v), 1 - beta1, beta2, 1 - beta2,
+        self._adam(fp, gp, self._held_ptr(m), self._held_ptr(v), 1 - beta1, beta2, 1 - beta2,
                    lr / (1 - beta1 ** t), (1 - beta2 ** t) ** 0.5, eps)
         return float(out[0])
+
+
+def adam_hyper(lr, betas, eps, fn="adam_step"):
+    """(lr, beta1, beta2, eps) as floats, checked; ``ValueError`` naming the bad one."""
+    lr, eps = _optim_scalar(lr, fn, "lr"), _optim_scalar(eps, fn, "eps")
+    try:
+        beta1, beta2 = (float(b) for b in betas)
+    except (TypeError, ValueError):
+        raise ValueError(f"{fn}: betas must be a pair of numbers, got {betas!r}") from None
+    if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+        raise ValueError(f"{fn}: betas must lie in [0, 1), got {betas!r}")
+    return lr, beta1, beta2, eps
 
 
 def _optim_scalar(x, fn, what):

@@ -16,7 +16,7 @@ parameters every step, move them to the device once::
 import numpy as np
 
 from .errors import BuildError
-from .runtime import Compiled, Params, _optim_scalar
+from .runtime import Compiled, Params, _optim_scalar, adam_hyper
 
 
 class DeviceArray:
@@ -209,14 +209,7 @@ class CudaCompiled(Compiled):
         """One Adam step on the GPU (``state`` from ``adam_state()``); returns the loss before it."""
         if not isinstance(params, DeviceParams):
             return super().adam_step(params, state, lr, betas, eps, dropout_rng, **data)
-        lr = _optim_scalar(lr, "adam_step", "lr")
-        eps = _optim_scalar(eps, "adam_step", "eps")
-        try:
-            beta1, beta2 = (float(b) for b in betas)
-        except (TypeError, ValueError):
-            raise ValueError(f"adam_step: betas must be a pair of numbers, got {betas!r}") from None
-        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
-            raise ValueError(f"adam_step: betas must lie in [0, 1), got {betas!r}")
+        lr, beta1, beta2, eps = adam_hyper(lr, betas, eps)
         m, v = (state.get(k) if hasattr(state, "get") else None for k in ("exp_avg", "exp_avg_sq"))
         if not (isinstance(m, DeviceArray) and isinstance(v, DeviceArray) and m.size == v.size == self.n_params
                 and "step" in state):

@@ -154,10 +154,12 @@ def test_missing_model_file_is_named_without_a_bogus_location(tmp_path, run_cli)
 
 def test_cli_unavailable_target_is_reported_without_a_bogus_location(write_model, run_cli, tmp_path):
     path = write_model(HEADER + "m.loss((a * x[0] - y) ** 2)\n")
-    r = run_cli("compile", path, "-o", str(tmp_path / "out"), "--target", "cuda")
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "'cuda'" in r.stderr
+    r = run_cli("compile", path, "-o", str(tmp_path / "out"), "--target", "cuda",
+                env={"NVCC": str(tmp_path / "no-nvcc"), "GRADC_CUDA_EMULATE": "0"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "target cuda needs the CUDA compiler" in r.stderr and "no-nvcc" in r.stderr
     assert "runpy" not in r.stderr and "<frozen" not in r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_nul_byte_in_model_file_is_reported_with_a_line_number(tmp_path, run_cli):

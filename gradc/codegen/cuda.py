@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from ..autodiff import adjoint_symbol
-from ..ir import INT, reads, unflat
+from ..ir import INT, unflat
 from ..simplify import cse_block, live_stages
 from .c import DTYPES, Source, _Builder, _templates, _texts
 
