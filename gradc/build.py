@@ -34,6 +34,17 @@ from ._version import __version__
 from .errors import BuildError
 
 FLAGS = ["-O3", "-march=native", "-fPIC", "-fno-math-errno", "-fopenmp-simd", "-DGRADC_SIMD"]
+
+
+def openmp(cc_identity):
+    """True when loss_grad_threads should run its threads in parallel: the compiler is gcc (whose
+    OpenMP runtime ships with it) and ``$GRADC_OPENMP`` is not 0. Otherwise the threads' shares of
+    the batch run one after the other, with the same result."""
+    return os.environ.get("GRADC_OPENMP", "1") != "0" and "gcc" in os.path.basename(cc_identity.split(":")[0])
+
+
+def flags(cc_identity):
+    return [f for f in FLAGS if f != "-fopenmp-simd"] + ["-fopenmp"] if openmp(cc_identity) else list(FLAGS)
 META = "meta.json"
 
 
@@ -95,14 +106,14 @@ def cuda_flags():
 
 def cache_key(prog, dtype, target, template_digest):
     _, cc_id = compiler()
-    flags = " ".join(FLAGS)
+    opts = " ".join(flags(cc_id))
     if target == "cuda":
         if cuda_emulated():
-            target, flags = "cuda-emulated", flags + " emulated"
+            target, opts = "cuda-emulated", opts + " emulated"
         else:
             cc_id += " " + nvcc()[1]
-            flags += " " + " ".join(cuda_flags())
-    parts = [prog.canonical(), dtype, target, template_digest, cc_id, flags,
+            opts += " " + " ".join(cuda_flags())
+    parts = [prog.canonical(), dtype, target, template_digest, cc_id, opts,
              __version__, sys.implementation.cache_tag, sysconfig.get_platform()]
     return hashlib.sha256("\n\x00".join(parts).encode()).hexdigest()
 
@@ -331,7 +342,7 @@ def _compile(src, info, key, tmp):
         return _finish(info, key, modname, so_name, names, tmp)
     cc, _ = compiler()
     link = ["-bundle", "-undefined", "dynamic_lookup"] if sys.platform == "darwin" else ["-shared"]
-    cmd = [cc, *FLAGS, *link, "-I", sysconfig.get_paths()["include"], "-I", tmp,
+    cmd = [cc, *flags(compiler()[1]), *link, "-I", sysconfig.get_paths()["include"], "-I", tmp,
            wrapper, os.path.join(tmp, f"{M}.c"), "-o", os.path.join(tmp, so_name), "-lm"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")

@@ -101,6 +101,9 @@ class Compiled:
         self._lg = getattr(self.lib, f"{M}_loss_grad")
         self._sgd = getattr(self.lib, f"{M}_sgd_step")
         self._adam = getattr(self.lib, f"{M}_adam_apply")
+        self._lgt = getattr(self.lib, f"{M}_loss_grad_threads", None)
+        self._ws_threads = getattr(self.lib, f"{M}_workspace_size_threads", None)
+        self.threads = 1
         self.ws_bytes = int(getattr(self.lib, f"{M}_workspace_size")(1))
         self.params = meta["params"]
         self.n_params = meta["n_params"]
@@ -285,6 +288,37 @@ class Compiled:
             wp = self._local.wp = self._ptr(w)      # the cdata keeps the array alive
         return wp
 
+    def set_threads(self, threads):
+        """Split ``loss_and_grad`` and the fused steps over ``threads`` threads (default 1).
+
+        Each thread takes a contiguous share of the batch's blocks with its own workspace and
+        gradient buffer; the buffers are added in thread order, so the result depends on the number
+        of threads only (it differs from one thread's in the last bits). Parallel when the model was
+        built with OpenMP (gcc; ``GRADC_OPENMP=0`` turns it off), else the shares run in turn.
+
+        Example::
+
+            mod.set_threads(2)
+            L, g = mod.loss_and_grad(p, x=X, y=Y)
+        """
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ValueError(f"set_threads: threads must be an int >= 1, got {threads!r}")
+        if threads > 1 and self._lgt is None:
+            raise ValueError("set_threads: this build has no threaded loss_grad (target cuda uses the GPU)")
+        self.threads = int(threads)
+
+    def _lg_call(self, n, fp, ptrs, op, gp):
+        """The generated loss_grad (or loss_grad_threads) on prepared pointers: its return code."""
+        T = self.threads
+        if T == 1:
+            return self._lg(n, fp, *ptrs, op, gp, self._work())
+        w = getattr(self._local, "wt", None)
+        need = int(self._ws_threads(n, T))
+        if w is None or w[0] != T or w[1] < need:
+            buf = np.empty(-(-need // self.dtype.itemsize), dtype=self.dtype)
+            w = self._local.wt = (T, need, self._ptr(buf))
+        return self._lgt(T, n, fp, *ptrs, op, gp, w[2])
+
     def _held_ptr(self, a):
         """The cffi pointer of a long-lived array (a parameter buffer), made once: from_buffer costs
         about a microsecond, a fifth of a small model's whole step."""
@@ -353,8 +387,7 @@ class Compiled:
         n, arrays = self._data(data, self.meta["inputs"] + self.meta["targets"], "input or target", dropout_rng)
         out = np.empty(1, dtype=self.dtype)
         g = np.empty(self.n_params, dtype=self.dtype)
-        rc = self._lg(n, self._ptr(flat), *[self._ptr(a) for a in arrays], self._ptr(out), self._ptr(g),
-                      self._work())
+        rc = self._lg_call(n, self._ptr(flat), [self._ptr(a) for a in arrays], self._ptr(out), self._ptr(g))
         self._check(rc, "loss_and_grad", data)
         return float(out[0]), Params(g, self.params)
 
@@ -383,7 +416,13 @@ class Compiled:
 
     def _sgd_flat(self, flat, lr, data, dropout_rng):
         n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
-        _, gp, out, op = self._step_buffers()
+        g, gp, out, op = self._step_buffers()
+        if self.threads > 1:
+            rc = self._lg_call(n, self._held_ptr(flat), [self._ptr(a) for a in arrays], op, gp)
+            if rc:
+                self._check(rc, "sgd_step", data)
+            flat -= self.dtype.type(lr) * g
+            return float(out[0])
         rc = self._sgd(n, self._held_ptr(flat), *[self._ptr(a) for a in arrays], lr, op, gp, self._work())
         if rc:
             self._check(rc, "sgd_step", data)
@@ -424,7 +463,7 @@ class Compiled:
         n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
         _, gp, out, op = self._step_buffers()
         fp = self._held_ptr(flat)
-        rc = self._lg(n, fp, *[self._ptr(a) for a in arrays], op, gp, self._work())
+        rc = self._lg_call(n, fp, [self._ptr(a) for a in arrays], op, gp)
         if rc:
             self._check(rc, "adam_step", data)
         # the scalars in float64 as optim.Adam (and torch) compute them; C rounds them to the real type
@@ -457,7 +496,7 @@ def _optim_scalar(x, fn, what):
 
 _EXPORTS = ("param_shapes", "input_shapes", "target_shapes", "output_shapes", "input_dtypes",
             "target_dtypes", "init_params", "forward", "loss", "loss_and_grad", "sgd_step", "adam_state",
-            "adam_step")
+            "adam_step", "set_threads")
 
 
 def bind(namespace, entry, meta):

@@ -626,10 +626,26 @@ def render(prog, grad, dtype="float64", inference_only=False):
         text += " " + " ".join(" ".join(str(v) for v in n["outer"].values())
                                for k in ("sample_bwd", "batch_bwd") for n in f.get(k, []) if "outer" in n)
         used = set(re.findall(r"[A-Za-z_]\w*", text)) | set(extra[key])
+        all_decls = decls
         decls = [d for d in decls if d[1] in used]
         gathers = [g for g in gathers if g["dst"] in used]
         funcs[key] = dict(f, decls=decls, checks=checks, gathers=gathers, args=args[key],
                           ints=any(d[2].startswith("wsi") for d in decls))
+        if key == "loss_grad":
+            # loss_grad is two functions: the blocks of samples (run once, or once per thread), then
+            # what runs once per batch; each declares exactly the pointers it uses
+            per_sample = loss_st.scope == "sample"
+            texts = {"part": ["batch", "sample", "sample_bwd"], "finish": ["batch_bwd"]}
+            seeds = {"part": [c(prog.loss), ] if per_sample else [],
+                     "finish": ([] if per_sample else [c(prog.loss)]) + ([c(prog.reg)] if prog.reg else [])}
+            for part, keys in texts.items():
+                t = " ".join(_texts(n[q]) for k in keys for n in f.get(k, []) for q in ("pre", "body", "post"))
+                t += " " + " ".join(" ".join(str(v) for v in n["outer"].values())
+                                    for k in keys for n in f.get(k, []) if "outer" in n)
+                u = set(re.findall(r"[A-Za-z_]\w*", t)) | {p + n for n in seeds[part] for p in ("V_", "D_")}
+                ds = [d for d in all_decls if d[1] in u]
+                funcs[key][part + "_decls"] = ds
+                funcs[key][part + "_ints"] = any(d[2].startswith("wsi") for d in ds)
     real_ins = [t for t in prog.inputs if t.dropout is None]
     generic = None
     if len(prog.inputs) == 1 and real_ins and len(prog.targets) == 1 and len(outputs) == 1:
