@@ -347,6 +347,18 @@ def build_gradc(wl, cache_dirs):
     kernel = _raw_kernel(mod, p, batches[0])
     if kernel is not None:
         parts["C kernel"] = kernel
+    if (os.cpu_count() or 1) >= 2 and hasattr(mod, "set_threads"):
+        # the same step with the batch split over two threads (a second module object: its own setting)
+        old = os.environ.get("GRADC_CACHE_DIR")
+        os.environ["GRADC_CACHE_DIR"] = cache
+        try:
+            mod2 = gradc.load(wl.model, dtype=wl.dtype)
+        finally:
+            _restore_env("GRADC_CACHE_DIR", old)
+        mod2.set_threads(2)
+        p2 = p.copy()
+        opt2 = optim.Adam(p2, lr=wl.lr) if wl.optimizer == "adam" else optim.SGD(p2, lr=wl.lr)
+        parts["step, 2 threads"] = lambda: opt2.train_step(mod2, **batches[0])
     return Runner("gradc", step, compile_s=cold, warm_s=warm, dtype=wl.dtype, parts=parts)
 
 
@@ -1016,22 +1028,24 @@ def markdown(results, meta):
     L.append("## Where gradc's step goes (median µs, timed apart on batch 0)")
     L.append("")
     L.append("| workload | whole step, `opt.train_step` | of which the C kernel | Python around the kernel "
-             "| unfused: `loss_and_grad` | + `opt.step` |")
-    L.append("|---|---:|---:|---:|---:|---:|")
+             "| unfused: `loss_and_grad` | + `opt.step` | step on 2 threads |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         pt = r.get("gradc_parts", {})
         whole, kern = pt.get("step"), pt.get("C kernel")
         f = lambda v: "" if v is None else fmt_us(v)  # noqa: E731
         L.append(f"| {r['id']} | {f(whole)} | {f(kern)} | "
                  f"{f(None if kern is None or whole is None else whole - kern)} | {f(pt.get('loss_and_grad'))} | "
-                 f"{f(pt.get('opt.step'))} |")
+                 f"{f(pt.get('opt.step'))} | {f(pt.get('step, 2 threads'))} |")
     L.append("")
     L.append("The pieces are timed apart from the peers, interleaved with one another, on batch 0. A gradc step is "
              "`opt.train_step(mod, **batch)`: for plain SGD and Adam one call into the generated C (loss, "
              "gradient and update; no gradient dict). The C kernel is the generated `loss_grad` alone (called "
              "through cffi with its buffers prepared once); the step minus the kernel is the update plus what "
              "Python adds (argument checks, the cffi call). For comparison, the unfused path: "
-             "`mod.loss_and_grad` (which returns a gradient dict) and `opt.step` (numpy).")
+             "`mod.loss_and_grad` (which returns a gradient dict) and `opt.step` (numpy). Last, the fused step with "
+             "the batch split over two threads (`mod.set_threads(2)`, OpenMP): an option, not part of the "
+             "single-thread comparison above.")
     L.append("")
     L.append("## Correctness: loss over the first steps from the shared initial parameters")
     L.append("")
