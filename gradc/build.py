@@ -104,6 +104,29 @@ def cuda_flags():
     return ["-O3", f"-arch={arch}", "-Xcompiler", "-fPIC", "-cudart", "static"]
 
 
+_gpu = []
+
+
+def gpu_identity():
+    """What ``-arch=native`` resolves to, for the cache key: the GPUs' compute capabilities from
+    nvidia-smi (asked once per process), so that a cache shared between machines never serves a
+    library built for another GPU; "" without nvidia-smi or with GRADC_CUDA_ARCH set."""
+    if os.environ.get("GRADC_CUDA_ARCH", "native") != "native":
+        return ""
+    if not _gpu:
+        out = ""
+        smi = shutil.which("nvidia-smi")
+        if smi:
+            try:
+                p = subprocess.run([smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                                   capture_output=True, text=True, timeout=30)
+                out = p.stdout.strip() if p.returncode == 0 else ""
+            except (OSError, subprocess.SubprocessError):
+                out = ""
+        _gpu.append(out)
+    return _gpu[0]
+
+
 def cache_key(prog, dtype, target, template_digest):
     _, cc_id = compiler()
     opts = " ".join(flags(cc_id))
@@ -112,7 +135,7 @@ def cache_key(prog, dtype, target, template_digest):
             target, opts = "cuda-emulated", opts + " emulated"
         else:
             cc_id += " " + nvcc()[1]
-            opts += " " + " ".join(cuda_flags())
+            opts += " " + " ".join(cuda_flags()) + " gpu " + gpu_identity()
     parts = [prog.canonical(), dtype, target, template_digest, cc_id, opts,
              __version__, sys.implementation.cache_tag, sysconfig.get_platform()]
     return hashlib.sha256("\n\x00".join(parts).encode()).hexdigest()

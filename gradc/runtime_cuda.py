@@ -38,6 +38,10 @@ class DeviceArray:
     def numpy(self, out=None):
         """A host copy (into ``out`` when given)."""
         out = np.empty(self.size, self.dtype) if out is None else out
+        if not (isinstance(out, np.ndarray) and out.dtype == self.dtype and out.size == self.size
+                and out.flags.c_contiguous and out.flags.writeable):
+            raise ValueError(f"numpy(out=...): out must be a writable contiguous {self.dtype} array of "
+                             f"{self.size} values")
         self._c._copy(self._c.ffi.from_buffer(out), self.ptr, self.nbytes, 0)
         return out
 

@@ -53,6 +53,11 @@ class _CudaBuilder(_Builder):
         self.max_partial = 1      # elements of the widest reduction over the batch
         self._forward_done = {}
 
+    def outer_updates(self, adj):
+        """None here: the C target's rank-1 kernels (and the sample-major mirrors they need in the
+        workspace) have no counterpart; a weight gradient is a reduction kernel like any other."""
+        return []
+
     # ---- helpers -------------------------------------------------------
     def _kernel(self, comment, items, decode, body):
         k = Kernel(f"{self.model}_k{len(self.kernels)}", comment, items, decode, body)
