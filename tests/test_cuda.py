@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import gradc
+from batches import random_batch, rel
 from conftest import EXAMPLES, ROOT
 
 NVCC = shutil.which(os.environ.get("NVCC", "nvcc"))
@@ -110,23 +111,6 @@ def emulate(monkeypatch):
     monkeypatch.setenv("GRADC_CUDA_EMULATE", "1")
 
 
-def _data(c, n, rng, dtype):
-    out = {}
-    for a in c.meta["inputs"] + c.meta["targets"]:
-        shape = (n, *a["shape"])
-        if a["dtype"] == "int32":
-            bounds = [b for b in c.int_bounds.get(a["name"], []) if b]
-            out[a["name"]] = rng.integers(0, min(bounds) if bounds else 3, shape).astype(np.int32)
-        else:
-            out[a["name"]] = rng.uniform(0, 1, shape).astype(dtype)
-    return out
-
-
-def _rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
-
-
 @pytest.mark.skipif(GXX is None, reason="g++ is not installed")
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("which", list(BY_ID))
@@ -139,17 +123,17 @@ def test_emulated_cuda_equals_the_c_target(emulate, which, dtype):
     rng = np.random.default_rng(0)
     p = mc.init_params(seed=0)
     for n in (1, 33, 70):           # one sample, a partial chunk, several chunks
-        data = _data(c, n, rng, dtype)
+        data = random_batch(mc, n, rng, dtype)
         L1, g1 = mc.loss_and_grad(p, **data)
         L2, g2 = mg.loss_and_grad(p, **data)
-        assert _rel(L2, L1) <= TOL[dtype], f"n={n}: loss {L2} against {L1}"
+        assert rel(L2, L1) <= TOL[dtype], f"n={n}: loss {L2} against {L1}"
         for k in g1:
-            assert _rel(g2[k], g1[k]) <= TOL[dtype], f"n={n}: gradient of {k}"
-        assert _rel(mg.loss(p, **data), mc.loss(p, **data)) <= TOL[dtype]
+            assert rel(g2[k], g1[k]) <= TOL[dtype], f"n={n}: gradient of {k}"
+        assert rel(mg.loss(p, **data), mc.loss(p, **data)) <= TOL[dtype]
         ins = {a["name"]: data[a["name"]] for a in c.meta["inputs"]}
         o1, o2 = mc.forward(p, **ins), mg.forward(mg.to_device(p), **ins)
         for k in o1:
-            assert _rel(o2[k], o1[k]) <= TOL[dtype], f"n={n}: output {k}"
+            assert rel(o2[k], o1[k]) <= TOL[dtype], f"n={n}: output {k}"
 
 
 def test_device_training_equals_the_c_target(emulate):
@@ -157,27 +141,27 @@ def test_device_training_equals_the_c_target(emulate):
     path = os.path.join(EXAMPLES, "digits", "model.py")
     mc, mg = gradc.load(path), gradc.load(path, target="cuda")
     rng = np.random.default_rng(1)
-    batches = [_data(mc._compiled, 40, rng, "float64") for _ in range(6)]
+    batches = [random_batch(mc, 40, rng, "float64") for _ in range(6)]
     p = mc.init_params(seed=2)
     dp = mg.to_device(p)
     ref = p.copy()
     for b in batches:
         L1 = mc.sgd_step(ref, 0.1, **b)
         L2 = mg.sgd_step(dp, 0.1, **b)
-        assert _rel(L2, L1) <= 1e-12
+        assert rel(L2, L1) <= 1e-12
     back = mg.to_host(dp)
     for k in ref:
-        assert _rel(back[k], ref[k]) <= 1e-12, k
+        assert rel(back[k], ref[k]) <= 1e-12, k
     st_c, st_g = mc.adam_state(), mg.adam_state()
     for b in batches:
         L1 = mc.adam_step(ref, st_c, lr=0.01, **b)
         L2 = mg.adam_step(dp, st_g, lr=0.01, **b)
-        assert _rel(L2, L1) <= 1e-12
+        assert rel(L2, L1) <= 1e-12
     assert st_g["step"] == st_c["step"] == 6
     back = mg.to_host(dp)
     for k in ref:
-        assert _rel(back[k], ref[k]) <= 1e-12, k
-    assert _rel(st_g["exp_avg"].numpy(), st_c["exp_avg"]) <= 1e-12
+        assert rel(back[k], ref[k]) <= 1e-12, k
+    assert rel(st_g["exp_avg"].numpy(), st_c["exp_avg"]) <= 1e-12
     # the optimizers' train_step works on a cuda module too (host parameters, copied each step)
     from gradc import optim
     p1, p2 = mc.init_params(seed=3), mc.init_params(seed=3)
@@ -186,13 +170,13 @@ def test_device_training_equals_the_c_target(emulate):
         o1.train_step(mc, **b)
         o2.train_step(mg, **b)
     for k in p1:
-        assert _rel(p2[k], p1[k]) <= 1e-12, k
+        assert rel(p2[k], p1[k]) <= 1e-12, k
 
 
 def test_two_runs_give_identical_bits(emulate):
     path = os.path.join(ROOT, "bench", "workload_models", "w5_mf.py")
     mg = gradc.load(path, dtype="float32", target="cuda")
-    data = _data(mg._compiled, 300, np.random.default_rng(4), "float32")
+    data = random_batch(mg, 300, np.random.default_rng(4), "float32")
     p = mg.init_params(seed=0)
     (L1, g1), (L2, g2) = mg.loss_and_grad(p, **data), mg.loss_and_grad(p, **data)
     assert L1 == L2 and np.array_equal(g1.flat, g2.flat)
@@ -201,7 +185,7 @@ def test_two_runs_give_identical_bits(emulate):
 def test_bad_arguments_are_refused_as_for_the_c_target(emulate):
     path = os.path.join(ROOT, "bench", "workload_models", "w5_mf.py")
     mg = gradc.load(path, target="cuda")
-    data = _data(mg._compiled, 20, np.random.default_rng(5), "float64")
+    data = random_batch(mg, 20, np.random.default_rng(5), "float64")
     dp = mg.to_device(mg.init_params(seed=0))
     before = mg.to_host(dp).flat.copy()
     bad = dict(data, item=data["item"].copy())
@@ -235,10 +219,10 @@ def test_emulated_cuda_equals_the_c_target_on_random_models(emulate):
             p[k] = v
         L1, g1 = mc.loss_and_grad(p, **inputs, **targets)
         L2, g2 = mg.loss_and_grad(p, **inputs, **targets)
-        errs = [_rel(L2, L1)] + [_rel(g2[k], g1[k]) for k in g1]
+        errs = [rel(L2, L1)] + [rel(g2[k], g1[k]) for k in g1]
         if inputs:
             o1, o2 = mc.forward(p, **inputs), mg.forward(p, **inputs)
-            errs += [_rel(o2[k], o1[k]) for k in o1]
+            errs += [rel(o2[k], o1[k]) for k in o1]
         if not max(errs) <= 1e-10:
             failures.append(f"case {j} (error {max(errs):.3g}):\n{case.source}")
     assert not failures, "\n\n".join(failures)
@@ -298,7 +282,7 @@ def test_the_emulation_catches_a_kernel_whose_threads_write_one_element(emulate,
     monkeypatch.setattr(c, "_digest", ["a deliberately broken generator"])   # under a key of its own
     monkeypatch.setattr(cuda._CudaBuilder, "_owned", lambda self, ups, loop_syms: list(loop_syms))
     mg = gradc.load(os.path.join(EXAMPLES, "digits", "model.py"), target="cuda")
-    data = _data(mg._compiled, 5, np.random.default_rng(0), "float64")
+    data = random_batch(mg, 5, np.random.default_rng(0), "float64")
     with pytest.raises(RuntimeError, match=r"CUDA failed: threads \d+ and \d+ of digits_k\d+ write one element"):
         mg.loss_and_grad(mg.init_params(seed=0), **data)
 

@@ -14,6 +14,7 @@ import pytest
 
 import gradc
 from gradc import optim
+from batches import random_batch, rel
 from conftest import EXAMPLES, ROOT
 
 GCC = shutil.which("gcc")
@@ -24,30 +25,10 @@ MODELS = [("moons", os.path.join(EXAMPLES, "moons", "model.py"), None, "float64"
 TOL = {"float64": 1e-13, "float32": 2e-6}
 
 
-def _data(c, n, rng, dtype):
-    out = {}
-    for a in c.meta["inputs"] + c.meta["targets"]:
-        shape = (n, *a["shape"])
-        if a["dtype"] == "int32":
-            bounds = [b for b in c.int_bounds.get(a["name"], []) if b]
-            out[a["name"]] = rng.integers(0, min(bounds) if bounds else 2, shape).astype(np.int32)
-        elif "dropout" in a:
-            keep = 1 - a["dropout"]
-            out[a["name"]] = ((rng.random(shape) < keep) / keep).astype(dtype)
-        else:
-            out[a["name"]] = rng.uniform(0, 1, shape).astype(dtype)
-    return out
-
-
-def _rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
-
-
 @pytest.mark.parametrize("name,path,model,dtype", MODELS, ids=[m[0] for m in MODELS])
 def test_threads_agree_with_one_thread_and_repeat_bit_for_bit(name, path, model, dtype):
     mod = gradc.load(path, dtype=dtype, model=model)
-    data = _data(mod._compiled, 203, np.random.default_rng(0), dtype)     # 13 blocks, the last partial
+    data = random_batch(mod, 203, np.random.default_rng(0), dtype)     # 13 blocks, the last partial
     p = mod.init_params(seed=1)
     L1, g1 = mod.loss_and_grad(p, **data)
     for T in (2, 3, 5, 64):
@@ -55,14 +36,14 @@ def test_threads_agree_with_one_thread_and_repeat_bit_for_bit(name, path, model,
         L2, g2 = mod.loss_and_grad(p, **data)
         L3, g3 = mod.loss_and_grad(p, **data)
         assert L2 == L3 and np.array_equal(g2.flat, g3.flat), f"{T} threads: two calls differ"
-        assert _rel(L2, L1) <= TOL[dtype], f"{T} threads: loss {L2} against {L1}"
+        assert rel(L2, L1) <= TOL[dtype], f"{T} threads: loss {L2} against {L1}"
         for k in g1:
-            assert _rel(g2[k], g1[k]) <= TOL[dtype], f"{T} threads: gradient of {k}"
+            assert rel(g2[k], g1[k]) <= TOL[dtype], f"{T} threads: gradient of {k}"
 
 
 def test_the_result_does_not_depend_on_openmp(monkeypatch):
     path = os.path.join(EXAMPLES, "digits", "model.py")
-    data = _data(gradc.load(path)._compiled, 150, np.random.default_rng(2), "float64")
+    data = random_batch(gradc.load(path), 150, np.random.default_rng(2), "float64")
     out = {}
     for omp in ("1", "0"):
         monkeypatch.setenv("GRADC_OPENMP", omp)
@@ -78,7 +59,7 @@ def test_fused_steps_with_threads_equal_the_unfused_ones(Opt, kw):
     mod = gradc.load(os.path.join(EXAMPLES, "digits", "model.py"))
     mod.set_threads(2)
     rng = np.random.default_rng(3)
-    batches = [_data(mod._compiled, 70, rng, "float64") for _ in range(8)]
+    batches = [random_batch(mod, 70, rng, "float64") for _ in range(8)]
     p1, p2 = mod.init_params(seed=0), mod.init_params(seed=0)
     o1, o2 = Opt(p1, **kw), Opt(p2, **kw)
     for b in batches:
@@ -87,12 +68,12 @@ def test_fused_steps_with_threads_equal_the_unfused_ones(Opt, kw):
         assert abs(o2.train_step(mod, **b) - L) <= 1e-12
     assert o2._fused is not None
     for k in p1:
-        assert _rel(p2[k], p1[k]) <= 1e-12, k
+        assert rel(p2[k], p1[k]) <= 1e-12, k
 
 
 def test_threads_refuse_bad_input_and_bad_counts():
     mod = gradc.load(os.path.join(ROOT, "bench", "workload_models", "w5_mf.py"))
-    data = _data(mod._compiled, 100, np.random.default_rng(4), "float64")
+    data = random_batch(mod, 100, np.random.default_rng(4), "float64")
     data["user"][77] = 1000
     mod.set_threads(3)
     p = mod.init_params(seed=0)
