@@ -162,15 +162,8 @@ def torch_gpu_step(wl):
             opt.step()
             return loss.item()
         return step, f"PyTorch {torch.__version__} on {torch.cuda.get_device_name(0)}"
-    nn, F = torch.nn, torch.nn.functional
-    layers = []
-    for li, (i, o) in enumerate(wl.layers, 1):
-        lin = nn.Linear(i, o, dtype=tdt)
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(init[f"W{li}"].T.copy()))
-            lin.bias.copy_(torch.from_numpy(init[f"b{li}"]))
-        layers.append(lin)
-    net = nn.Sequential(layers[0], nn.ReLU(), layers[1]).to(dev)
+    F = torch.nn.functional
+    net = W.torch_mlp(wl, torch, dev)
     opt = torch.optim.SGD(net.parameters(), lr=wl.lr)
     batches = [(torch.tensor(X, dtype=tdt), torch.tensor(y, dtype=torch.int64)) for X, y in wl.mlp_batches()]
 

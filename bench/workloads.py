@@ -520,19 +520,8 @@ def build_torch(wl):
             return loss
         return Runner("torch", step, value=lambda t: t.item(), dtype=wl.dtype)
 
-    nn, F = torch.nn, torch.nn.functional
-    layers = []
-    for li, (i, o) in enumerate(wl.layers, 1):
-        lin = nn.Linear(i, o, dtype=tdt)
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(init[f"W{li}"].T.copy()))
-            lin.bias.copy_(torch.from_numpy(init[f"b{li}"]))
-        layers.append(lin)
-    act = nn.Tanh() if wl.act == "tanh" else nn.ReLU()
-    body = []
-    for lin in layers[:-1]:
-        body += [lin, act]
-    net = nn.Sequential(*body, layers[-1])
+    F = torch.nn.functional
+    net = torch_mlp(wl, torch)
     params = list(net.parameters())
     opt = torch.optim.Adam(params, lr=wl.lr) if wl.optimizer == "adam" else torch.optim.SGD(params, lr=wl.lr)
     ydt = torch.int64 if wl.head == "ce" else tdt
@@ -559,6 +548,23 @@ def build_torch(wl):
         opt.step()
         return loss
     return Runner("torch", step, value=lambda t: t.item(), dtype=wl.dtype)
+
+
+def torch_mlp(wl, torch, device=None):
+    """The workload's MLP as a ``torch.nn.Sequential`` from its shared initial parameters."""
+    nn, tdt = torch.nn, getattr(torch, wl.dtype)
+    layers = []
+    for li, (i, o) in enumerate(wl.layers, 1):
+        lin = nn.Linear(i, o, dtype=tdt)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(wl.init[f"W{li}"].T.copy()))
+            lin.bias.copy_(torch.from_numpy(wl.init[f"b{li}"]))
+        layers.append(lin)
+    body = []
+    for lin in layers[:-1]:
+        body += [lin, nn.Tanh() if wl.act == "tanh" else nn.ReLU()]
+    net = nn.Sequential(*body, layers[-1])
+    return net if device is None else net.to(device)
 
 
 # -- JAX jit
