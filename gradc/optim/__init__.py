@@ -119,6 +119,7 @@ class Optimizer:
         self._flat_p = getattr(params, "flat", None)
         self._flat_st = None
         self._fused = None            # (module, kind) when train_step can be one C call
+        self._unfused = None          # the module it cannot be one call for
 
         if frozen is None:
             frozen = ()
@@ -307,13 +308,23 @@ class Optimizer:
 
     def _fused_kind(self, c):
         """"sgd" or "adam" when ``train_step`` can run as one C call for compiled model ``c``."""
-        fp = self._flat_p
-        if c is None or fp is None:
+        if c is None or self._flat_p is None:
             return None
-        if self._fused is not None and self._fused[0] is c and self._flat_st is not None:
-            return self._fused[1] if len(self.lr) == len(self.params) and len(set(self.lr.values())) == 1 else None
-        self._fused = None
-        kind = self._fusable()
+        if (self._fused is None or self._fused[0] is not c) and self._unfused is not c:
+            # decided once per model (load_state_dict resets it)
+            kind = self._fusion(c)
+            self._fused, self._unfused = ((c, kind), None) if kind else (None, c)
+        if self._fused is None:
+            return None
+        # a scheduler may give parameters different learning rates at any step
+        return self._fused[1] if len(self.lr) == len(self.params) and len(set(self.lr.values())) == 1 else None
+
+    def _fusion(self, c):
+        fp = self._flat_p
+        hs = list(self._hyper.values())
+        if hs[0]["frozen"] or any(h != hs[0] for h in hs[1:]):
+            return None
+        kind = self._fusable(hs[0])
         if kind is None or not hasattr(c, "_sgd_flat") or fp.dtype != c.dtype or fp.shape != (c.n_params,) \
                 or len(self.params) != len(c.params) or not fp.flags.writeable or not fp.flags.c_contiguous:
             return None
@@ -323,15 +334,12 @@ class Optimizer:
             if a is None or a.__array_interface__["data"][0] != base + q["offset"] * fp.itemsize \
                     or a.size != q["size"]:
                 return None
-        hs = list(self._hyper.values())
         if self._flat_st is None:
             self._gather_state(fp, hs[0])
-        if kind == "adam" and "exp_avg" not in self._flat_st:
-            return None
-        self._fused = (c, kind)
-        return self._fused_kind(c)
+        return kind if kind != "adam" or "exp_avg" in self._flat_st else None
 
-    def _fusable(self):
+    def _fusable(self, h):
+        """The fused C update that equals ``_update`` with hyperparameters ``h``, or None."""
         return None
 
     def _init_state(self, p, h):
@@ -503,7 +511,7 @@ class Optimizer:
         self.lr.clear()
         self.lr.update({k: h["lr"] for k, h in hyper.items() if not h["frozen"]})
         self._flat_st = None          # the loaded arrays replace the views: gather them again
-        self._fused = None
+        self._fused = self._unfused = None
 
 
 # ---- the optimizers -------------------------------------------------------------
@@ -547,11 +555,7 @@ class SGD(Optimizer):
     def _state_keys(h):
         return ("momentum_buffer",) if h["momentum"] != 0 else ()
 
-    def _fusable(self):
-        hs = list(self._hyper.values())
-        h = hs[0]
-        if h["frozen"] or any(x != h for x in hs[1:]):
-            return None
+    def _fusable(self, h):
         return "sgd" if h["momentum"] == 0 and h["weight_decay"] == 0 and not h["maximize"] else None
 
     @staticmethod
@@ -613,11 +617,7 @@ class Adam(Optimizer):
     def _state_keys(h):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if h["amsgrad"] else ())
 
-    def _fusable(self):
-        hs = list(self._hyper.values())
-        h = hs[0]
-        if h["frozen"] or any(x != h for x in hs[1:]):
-            return None
+    def _fusable(self, h):
         return "adam" if h["weight_decay"] == 0 and not h["amsgrad"] and not h["maximize"] else None
 
     def _init_state(self, p, h):
