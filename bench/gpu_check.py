@@ -144,20 +144,13 @@ def torch_gpu_step(wl):
         return None, "PyTorch sees no CUDA device"
     dev = torch.device("cuda")
     tdt = getattr(torch, wl.dtype)
-    init = wl.init
     if wl.kind == "mf":
-        bu, bi, P, Q = (torch.tensor(init[k], dtype=tdt, device=dev, requires_grad=True) for k in ("bu", "bi", "P", "Q"))
-        opt = torch.optim.SGD([bu, bi, P, Q], lr=wl.lr)
-        mu = float(wl.data["mu"])
-        batches = [(torch.from_numpy(u.astype(np.int64)), torch.from_numpy(i.astype(np.int64)),
-                    torch.tensor(r, dtype=tdt)) for u, i, r in wl.mf_batches()]
+        params, loss_of, batches = W.torch_mf(wl, torch, dev)
+        opt = torch.optim.SGD(params, lr=wl.lr)
 
         def step(k):
-            u, i, r = (t.to(dev) for t in batches[k % len(batches)])
             opt.zero_grad()
-            Pu, Qi = P[u], Q[i]
-            r_hat = mu + bu[u] + bi[i] + (Pu * Qi).sum(1)
-            loss = ((r - r_hat) ** 2 + 1e-4 * ((Pu * Pu).sum(1) + (Qi * Qi).sum(1))).mean()
+            loss = loss_of(*(t.to(dev) for t in batches[k % len(batches)]))
             loss.backward()
             opt.step()
             return loss.item()

@@ -499,22 +499,14 @@ def build_torch(wl):
     except RuntimeError:
         pass                                  # already set in this process
     tdt = getattr(torch, wl.dtype)
-    init = wl.init
     if wl.kind == "mf":
-        bu, bi, P, Q = (torch.tensor(init[k], dtype=tdt, requires_grad=True) for k in ("bu", "bi", "P", "Q"))
-        params = [bu, bi, P, Q]
+        params, loss_of, batches = torch_mf(wl, torch)
         opt = torch.optim.SGD(params, lr=wl.lr)
-        mu = float(wl.data["mu"])
-        batches = [(torch.from_numpy(u.astype(np.int64)), torch.from_numpy(i.astype(np.int64)),
-                    torch.tensor(r, dtype=tdt)) for u, i, r in wl.mf_batches()]
         nb = len(batches)
 
         def step(k):
-            u, i, r = batches[k % nb]
             opt.zero_grad()
-            Pu, Qi = P[u], Q[i]
-            r_hat = mu + bu[u] + bi[i] + (Pu * Qi).sum(1)
-            loss = ((r - r_hat) ** 2 + 1e-4 * ((Pu * Pu).sum(1) + (Qi * Qi).sum(1))).mean()
+            loss = loss_of(*batches[k % nb])
             loss.backward()
             opt.step()
             return loss
@@ -548,6 +540,22 @@ def build_torch(wl):
         opt.step()
         return loss
     return Runner("torch", step, value=lambda t: t.item(), dtype=wl.dtype)
+
+
+def torch_mf(wl, torch, device=None):
+    """W5 in PyTorch: (parameters from the shared init, loss(u, i, r), host batches (u, i, r))."""
+    tdt = getattr(torch, wl.dtype)
+    bu, bi, P, Q = (torch.tensor(wl.init[k], dtype=tdt, device=device, requires_grad=True)
+                    for k in ("bu", "bi", "P", "Q"))
+    mu = float(wl.data["mu"])
+
+    def loss_of(u, i, r):
+        Pu, Qi = P[u], Q[i]
+        r_hat = mu + bu[u] + bi[i] + (Pu * Qi).sum(1)
+        return ((r - r_hat) ** 2 + 1e-4 * ((Pu * Pu).sum(1) + (Qi * Qi).sum(1))).mean()
+    batches = [(torch.from_numpy(u.astype(np.int64)), torch.from_numpy(i.astype(np.int64)),
+                torch.tensor(r, dtype=tdt)) for u, i, r in wl.mf_batches()]
+    return [bu, bi, P, Q], loss_of, batches
 
 
 def torch_mlp(wl, torch, device=None):
