@@ -1,0 +1,36 @@
+"""Facts of the generated C ABI that the code generator and the runtime share: its version and the
+return codes of every entry point.
+
+The templates print the codes from ``ERROR_CODES`` (``#define NAME_EBATCH 1`` ...) and the runtime
+turns a nonzero code back into a message from the same table, so the two cannot drift. Example::
+
+    from gradc.abi import ERROR_CODES, error_message
+    error_message(3)      # 'an integer input used as an index is out of range'
+"""
+from dataclasses import dataclass
+
+ABI_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    """One return code: ``NAME_<name>`` in C, ``value`` on the wire, ``message`` in Python's errors."""
+    name: str
+    value: int
+    message: str
+
+
+ERROR_CODES = (
+    ErrorCode("OK", 0, "success"),
+    ErrorCode("EBATCH", 1, "the batch is empty"),
+    ErrorCode("ENULL", 2, "a NULL pointer was passed"),
+    ErrorCode("EINDEX", 3, "an integer input used as an index is out of range"),
+)
+_BY_VALUE = {e.value: e for e in ERROR_CODES}
+EINDEX = 3
+
+
+def error_message(code):
+    """The message for a nonzero return code (``'error code 42'`` for one the table lacks)."""
+    e = _BY_VALUE.get(code)
+    return e.message if e is not None else f"error code {code}"
