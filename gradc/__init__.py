@@ -41,6 +41,10 @@ def __getattr__(name):
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
+    if not name.startswith("_"):      # an elementwise helper declared in the primitives table (gc.log1p)
+        helpers = importlib.import_module(".nn", __name__).PRIMITIVE_HELPERS
+        if name in helpers:
+            return helpers[name]
     raise AttributeError(f"module 'gradc' has no attribute {name!r}")
 
 

@@ -9,15 +9,17 @@ turns a nonzero code back into a message from the same table, so the two cannot 
 """
 from dataclasses import dataclass
 
-ABI_VERSION = 1
+ABI_VERSION = 2      # 2: adam_apply returns a code (it was void in C)
 
 
 @dataclass(frozen=True)
 class ErrorCode:
-    """One return code: ``NAME_<name>`` in C, ``value`` on the wire, ``message`` in Python's errors."""
+    """One return code: ``NAME_<name>`` in C, ``value`` on the wire, ``message`` in Python's errors;
+    ``targets``: the targets whose header defines it (empty: every target)."""
     name: str
     value: int
     message: str
+    targets: tuple = ()
 
 
 ERROR_CODES = (
@@ -25,9 +27,16 @@ ERROR_CODES = (
     ErrorCode("EBATCH", 1, "the batch is empty"),
     ErrorCode("ENULL", 2, "a NULL pointer was passed"),
     ErrorCode("EINDEX", 3, "an integer input used as an index is out of range"),
+    ErrorCode("ECUDA", 4, "the CUDA runtime reported an error", ("cuda",)),
 )
 _BY_VALUE = {e.value: e for e in ERROR_CODES}
 EINDEX = 3
+ECUDA = 4
+
+
+def error_codes(target):
+    """The return codes ``target``'s header defines, in value order."""
+    return tuple(e for e in ERROR_CODES if not e.targets or target in e.targets)
 
 
 def error_message(code):

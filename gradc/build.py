@@ -127,16 +127,28 @@ def gpu_identity():
     return _gpu[0]
 
 
-def cache_key(prog, dtype, target, template_digest):
+def c_identity():
+    """The C target's part of the cache key: (label, the compiler and its flags)."""
     _, cc_id = compiler()
-    opts = " ".join(flags(cc_id))
-    if target == "cuda":
-        if cuda_emulated():
-            target, opts = "cuda-emulated", opts + " emulated"
-        else:
-            cc_id += " " + nvcc()[1]
-            opts += " " + " ".join(cuda_flags()) + " gpu " + gpu_identity()
-    parts = [prog.canonical(), dtype, target, template_digest, cc_id, opts,
+    return "c", cc_id + " " + " ".join(flags(cc_id))
+
+
+def cuda_identity():
+    """The CUDA target's part of the cache key: the C compiler (for the cffi wrapper), and nvcc with
+    its flags and the GPU ``-arch=native`` resolves to; or the emulation's C++ build."""
+    label, cc = c_identity()
+    if cuda_emulated():
+        return "cuda-emulated", cc + " emulated"
+    return "cuda", cc + " " + nvcc()[1] + " " + " ".join(cuda_flags()) + " gpu " + gpu_identity()
+
+
+def cache_key(prog, dtype, target, template_digest):
+    """The hash that names a cache entry: everything that determines the built library (the
+    model's stages, dtype, target, the generator, the toolchain) and the source locations its
+    comments cite."""
+    from .targets import get_target
+    label, toolchain = get_target(target).part("identity")()
+    parts = [prog.canonical(), dtype, label, template_digest, toolchain, prog.locations(),
              __version__, sys.implementation.cache_tag, sysconfig.get_platform()]
     return hashlib.sha256("\n\x00".join(parts).encode()).hexdigest()
 
@@ -204,7 +216,7 @@ def build(prog, dtype="float64", target="c", make_source=None):
     Returns (entry folder, meta dict).
     """
     from .codegen.c import template_digest
-    key = cache_key(prog, dtype, target, template_digest())
+    key = cache_key(prog, dtype, target, template_digest(target))
     root = _writable_root()
     entry = os.path.join(root, f"{_safe(prog.name)}-{key[:24]}")
     meta = entry_ok(entry) if os.path.isdir(entry) else None
@@ -320,9 +332,9 @@ def _run(cmd, what, M):
                          f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
 
 
-def _compile_cuda(src, tmp, modname, wrapper, so_name):
+def compile_cuda(src, tmp, modname, wrapper, so_name):
     """The CUDA extension: the cffi wrapper by the C compiler, the .cu by nvcc (or, emulated, by
-    the C++ compiler), linked with the CUDA runtime static."""
+    the C++ compiler), linked with the CUDA runtime static. Returns the files to keep."""
     M = src.name
     cc, _ = compiler()
     wobj, cobj = os.path.join(tmp, f"{modname}.o"), os.path.join(tmp, f"{M}.o")
@@ -343,26 +355,9 @@ def _compile_cuda(src, tmp, modname, wrapper, so_name):
     return [f"{M}.cu", f"{M}.h", so_name]
 
 
-def _compile(src, info, key, tmp):
-    from cffi import FFI
+def compile_c(src, tmp, modname, wrapper, so_name):
+    """The C extension: the cffi wrapper and NAME.c in one run of the C compiler. Returns the files to keep."""
     M = src.name
-    modname = f"_gradc_{M}_{key[:12]}"
-    cuda = info.get("target") == "cuda"
-    with open(os.path.join(tmp, f"{M}.cu" if cuda else f"{M}.c"), "w") as f:
-        f.write(src.c)
-    with open(os.path.join(tmp, f"{M}.h"), "w") as f:
-        f.write(src.h)
-    ffi = FFI()
-    ffi.cdef(src.cdef)
-    ffi.set_source(modname, f'#include "{M}.h"')
-    wrapper = os.path.join(tmp, f"{modname}.c")
-    with contextlib.redirect_stdout(io.StringIO()):     # cffi announces "generating ..."
-        ffi.emit_c_code(wrapper)
-    so_name = modname + importlib.machinery.EXTENSION_SUFFIXES[0]
-    if cuda:
-        names = _compile_cuda(src, tmp, modname, wrapper, so_name)
-        os.remove(wrapper)
-        return _finish(info, key, modname, so_name, names, tmp)
     cc, _ = compiler()
     link = ["-bundle", "-undefined", "dynamic_lookup"] if sys.platform == "darwin" else ["-shared"]
     cmd = [cc, *flags(compiler()[1]), *link, "-I", sysconfig.get_paths()["include"], "-I", tmp,
@@ -375,8 +370,30 @@ def _compile(src, info, key, tmp):
         why = f"exit {proc.returncode}" if proc.returncode else "it exited 0 but wrote no library"
         raise BuildError(f"the C compiler failed on model {M!r} ({why}):\n"
                          f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+    return [f"{M}.c", f"{M}.h", so_name]
+
+
+def _compile(src, info, key, tmp):
+    from cffi import FFI
+
+    from .targets import get_target
+    M = src.name
+    target = get_target(info.get("target", "c"))
+    modname = f"_gradc_{M}_{key[:12]}"
+    with open(os.path.join(tmp, M + target.suffix), "w") as f:
+        f.write(src.c)
+    with open(os.path.join(tmp, f"{M}.h"), "w") as f:
+        f.write(src.h)
+    ffi = FFI()
+    ffi.cdef(src.cdef)
+    ffi.set_source(modname, f'#include "{M}.h"')
+    wrapper = os.path.join(tmp, f"{modname}.c")
+    with contextlib.redirect_stdout(io.StringIO()):     # cffi announces "generating ..."
+        ffi.emit_c_code(wrapper)
+    so_name = modname + importlib.machinery.EXTENSION_SUFFIXES[0]
+    names = target.part("compiler")(src, tmp, modname, wrapper, so_name)
     os.remove(wrapper)
-    return _finish(info, key, modname, so_name, (f"{M}.c", f"{M}.h", so_name), tmp)
+    return _finish(info, key, modname, so_name, names, tmp)
 
 
 def _finish(info, key, modname, so_name, names, tmp):

@@ -15,6 +15,14 @@ import sys
 import time
 
 from .errors import BuildError, GradcError, ModelError
+from .optim import available as available_optimizers
+from .targets import get_target
+from .targets import names as target_names
+
+
+def _either(names):
+    """``"a, b or c"``."""
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def _parser():
@@ -25,7 +33,8 @@ def _parser():
     c.add_argument("-o", "--outdir", default="build")
     c.add_argument("--name", help="module and C prefix (default: the model's name)")
     c.add_argument("--dtype", choices=("float32", "float64"), default="float64")
-    c.add_argument("--target", choices=("c", "cuda"), default="c")
+    c.add_argument("--target", choices=target_names(), default="c",
+                   help="; ".join(f"{t}: {get_target(t).description}" for t in target_names()))
     c.add_argument("--model", help="which model, when the file defines several")
     c.add_argument("--debug", action="store_true", help="show Python tracebacks")
     e = sub.add_parser("export", help="write NAME.h, NAME.c (and NAME_weights.c) for another program")
@@ -43,7 +52,7 @@ def _parser():
     t.add_argument("-o", "--outdir", default="run", help="where the checkpoint and history go (default: run)")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--optimizer", default="adam", help="sgd, adam, adamw, rmsprop or adagrad")
+    t.add_argument("--optimizer", default="adam", help=_either(available_optimizers()))
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
     t.add_argument("--weight-decay", type=float, default=None)
     t.add_argument("--momentum", type=float, default=None, help="for sgd and rmsprop")
@@ -125,7 +134,7 @@ def cmd_compile(args):
     modname = module_name(ident(model.name, "model"))
     os.makedirs(args.outdir, exist_ok=True)
     M = meta["prefix"]
-    src_name = f"{M}.cu" if args.target == "cuda" else f"{M}.c"
+    src_name = M + get_target(args.target).suffix
     for fn in (src_name, f"{M}.h", meta["so"]):
         _copy(os.path.join(entry, fn), os.path.join(args.outdir, fn))
     meta_file = f"{modname}.gradc.json"

@@ -23,6 +23,7 @@ Example::
         print(st)
 """
 import hashlib
+import os
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -122,6 +123,11 @@ class Program:
                          + (sp.srepr(s.body) if s.elements is None else str([sp.srepr(e) for e in s.elements])))
         lines.append(f"loss {self.loss!r} reg {self.reg!r} outputs {self.outputs!r} bounds {sorted(self.int_bounds.items())}")
         return "\n".join(lines)
+
+    def locations(self):
+        """Where each stage was written (file name and line): what the generated code's comments cite."""
+        return "\n".join(f"{s.name!r} {os.path.basename(s.where[0])}:{s.where[1]}" if s.where else f"{s.name!r}"
+                         for s in self.stages)
 
     def digest(self):
         return hashlib.sha256(self.canonical().encode()).hexdigest()

@@ -117,6 +117,8 @@ class TensorExpr:
         self.model = model
         self.shape = tuple(shape)
         self.fn = fn
+        # where the user wrote it: a stage made from it later (when it is consumed) points here
+        self.where = user_location()
 
     @property
     def rank(self):
@@ -373,6 +375,8 @@ class Model:
             return te
         name = self._auto_name()
         self.define(name, te.shape, te if te.shape else te.fn())
+        if getattr(te, "where", None):
+            self.defs[-1].where = te.where
         return Tensor(self, self.decls[name])
 
     def _max_over(self, te):

@@ -12,7 +12,7 @@ Example::
 """
 import sympy as sp
 
-from .functions import Sigmoid, Softplus
+from .functions import PRIMITIVES, Sigmoid, Softplus
 from .model import ModelError, Tensor, TensorExpr, current_model
 
 
@@ -35,10 +35,22 @@ exp = elementwise(sp.exp)
 log = elementwise(sp.log)
 sqrt = elementwise(sp.sqrt)
 abs = elementwise(sp.Abs)
-sigmoid = elementwise(Sigmoid)
-sigmoid.__doc__ = "1 / (1 + exp(-x)), evaluated stably."
-softplus = elementwise(Softplus)
-softplus.__doc__ = "log(1 + exp(x)), evaluated stably."
+
+
+def _primitive_helpers():
+    """One elementwise helper per primitive that declares an ``api`` name (sigmoid, softplus,
+    log1p, expm1, ...): the table in ``gradc.functions`` is the one place a primitive is declared."""
+    out = {}
+    for p in PRIMITIVES:
+        if p.api:
+            f = elementwise(p.sympy)
+            f.__name__, f.__doc__ = p.api, p.doc
+            out[p.api] = f
+    return out
+
+
+PRIMITIVE_HELPERS = _primitive_helpers()
+globals().update(PRIMITIVE_HELPERS)
 
 
 def dense(x, W, b=None):

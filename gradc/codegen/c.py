@@ -1,15 +1,19 @@
 """Render a program and its gradient as one C99 translation unit and header.
 
-Python decides *what* each loop nest computes (statements whose right-hand
-sides are printed SymPy expressions); ``templates/c/*.j2`` decide how the
-code is laid out. Output is byte-identical from run to run.
+Python decides *what* each loop nest computes, as kernel-IR statements (``kir``) whose right-hand
+sides are printed SymPy expressions; ``templates/c/*.j2`` decide how the code is laid out. Output
+is byte-identical from run to run.
+
+The generated C reads like the model: every nest carries the formula of its stage and the file
+and line where the user wrote it; the forward pass of a block of samples is static functions
+called from ``forward``, ``loss`` and the gradient pass; parameter offsets use the header's macros.
 
 Example::
 
     src = render(prog, differentiate(prog), "float64")
     open("moons.c", "w").write(src.c)
 """
-import re
+import os
 from dataclasses import dataclass
 from importlib import resources
 
@@ -19,9 +23,14 @@ import sympy as sp
 from sympy.codegen.ast import float32, real
 from sympy.printing.c import C99CodePrinter
 
+from .. import abi
 from ..autodiff import adjoint_symbol
+from ..functions import PRIMITIVE_OF, PRIMITIVES
 from ..ir import INT, reads, unflat
 from ..simplify import cse_block, live_stages
+from . import kir
+from .kir import (Acc, Accumulate, Assign, Decl, Expr, LaneLoop, LaneReduction, LaneSum, MaxInto, Nest,
+                  RankOneUpdate, Range, SampleLoop, Var, lit)
 from .names import Namer, ident
 
 DTYPES = {"float64": "double", "float32": "float"}
@@ -30,33 +39,49 @@ DTYPES = {"float64": "double", "float32": "float"}
 @dataclass
 class Source:
     name: str       # the C prefix of every symbol
-    c: str          # NAME.c
+    c: str          # NAME.c (NAME.cu for target cuda)
     h: str          # NAME.h
     cdef: str       # declarations for cffi
     layout: dict    # offsets and sizes, for the Python module
 
 
 class Printer(C99CodePrinter):
-    """C99 printer that knows where each tensor lives.
+    """C99 printer that knows where each tensor lives, and records what it prints.
 
-    ``where[name]`` is (pointer, shape, dtype); loop variables and temporaries
-    print under the names in ``names``.
+    ``where[name]`` is (pointer, shape, dtype, blocked); loop variables and temporaries print under
+    the names in ``names``. ``expr(e)`` returns the text with the arrays it reads (``kir.Expr``);
+    the primitives' helper functions it prints are added to ``helpers``.
     """
 
-    def __init__(self, dtype, where, names, real_t):
+    def __init__(self, dtype, where, names, real_t, helpers=None):
         settings = {"type_aliases": {real: float32}} if dtype == "float32" else {}
         super().__init__(settings)
         self.where = where
         self.names = names
         self.real_t = real_t
         self.suffix = "f" if dtype == "float32" else ""
+        self.helpers = set() if helpers is None else helpers
+        self.touched = set()
+
+    def expr(self, e):
+        """``e`` printed, with the arrays it reads."""
+        self.touched = set()
+        text = self.doprint(e)
+        return Expr(text, self.touched)
+
+    def ref(self, name, idx):
+        """The element ``name[idx]`` as an lvalue, with the arrays it names (index inputs included)."""
+        self.touched = set()
+        text = self.flat(name, idx)
+        return Expr(text, self.touched)
 
     def flat(self, name, idx):
         ptr, shape, _, blocked = self.where[name]
+        self.touched.add(ptr)
         expr = ""
         for d, e in enumerate(idx):
             term = self.index(sp.sympify(e))
-            expr = term if d == 0 else f"({expr})*{shape[d]} + {term}"
+            expr = term if d == 0 or expr == "0" else f"({expr})*{shape[d]} + {term}"
         if blocked:        # a block of samples, the sample innermost
             return f"{ptr}[b]" if not shape else f"{ptr}[({expr})*GC_L + b]"
         return f"{ptr}[0]" if not shape else f"{ptr}[{expr}]"
@@ -127,32 +152,33 @@ class Printer(C99CodePrinter):
         # int abs() would need <stdlib.h>
         return f"fabs{self.suffix}({self._print(e.args[0])})"
 
-    def _print_Sigmoid(self, e):
-        return f"gc_sigmoid{self.suffix}({self._print(e.args[0])})"
-
-    def _print_Softplus(self, e):
-        return f"gc_softplus{self.suffix}({self._print(e.args[0])})"
+    def _print_Function(self, e):
+        p = PRIMITIVE_OF.get(type(e))
+        if p is not None and p.helper:          # a primitive with a helper of gradc's (gc_sigmoid)
+            self.helpers.add(p.name)
+            return f"{p.helper}{self.suffix}({', '.join(self._print(a) for a in e.args)})"
+        return super()._print_Function(e)
 
     def _print_Max(self, e):
-        return self._minmax(e, ">")
+        return self._minmax(e, PRIMITIVE_OF[sp.Max])
 
     def _print_Min(self, e):
-        return self._minmax(e, "<")
+        return self._minmax(e, PRIMITIVE_OF[sp.Min])
 
-    def _minmax(self, e, op):
-        # a ternary, not fmax: the value of the first argument wins ties, as
-        # in the derivative rule, and the code does not depend on libm's fmax
+    def _minmax(self, e, p):
+        self.helpers.add(p.name)
         args = [self._print(a) for a in e.args]
         out = args[-1]
         for a in reversed(args[:-1]):
-            out = f"gc_{'max' if op == '>' else 'min'}{self.suffix}({a}, {out})"
+            out = f"{p.helper}{self.suffix}({a}, {out})"
         return out
 
 
 _env = None
 
 
-def _templates():
+def templates():
+    """The Jinja environment over ``gradc/templates`` (strict: an undefined name is an error)."""
     global _env
     if _env is None:
         loader = jinja2.FunctionLoader(lambda n: resources.files("gradc.templates").joinpath(n).read_text())
@@ -161,34 +187,49 @@ def _templates():
     return _env
 
 
-_digest = []
+def helper_functions(used, dtype):
+    """The primitives' helper functions a source needs, in the table's order: dicts of ``name``,
+    ``params`` and ``body`` (C text), which each target's template wraps in its qualifiers."""
+    R, s = DTYPES[dtype], "f" if dtype == "float32" else ""
+    env = templates()
+    out = []
+    for p in PRIMITIVES:
+        if p.helper and p.name in used:
+            body = env.from_string(p.c_body).render(R=R, s=s, lit=lambda x: f"{x}F" if s else x)
+            out.append(dict(name=p.helper + s, params=p.params, body=body.splitlines()))
+    return out
 
 
-def template_digest():
-    """A hash of everything that generates code: the C templates and gradc's own generator
-    modules, so that a changed generator never loads an artifact the old one made."""
-    if _digest:
-        return _digest[0]
+_digest = {}
+
+
+def template_digest(target="c"):
+    """A hash of everything that generates code for ``target``: its template folder, the shared
+    one, and gradc's own generator modules, so that a changed generator never loads an artifact
+    the old one made."""
+    if target in _digest:
+        return _digest[target]
     import hashlib
-    import os
+
+    from ..targets import get_target
     h = hashlib.sha256()
-    for sub in ("c", "cuda"):
+    for sub in (get_target(target).templates, "shared"):
         root = resources.files("gradc.templates").joinpath(sub)
         for name in sorted(p.name for p in root.iterdir() if p.name.endswith(".j2")):
             h.update(f"{sub}/{name}".encode() + root.joinpath(name).read_bytes())
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for rel in ("model.py", "nn.py", "functions.py", "rewrite.py", "ir.py", "autodiff.py", "simplify.py",
-                "build.py", "codegen/c.py", "codegen/cuda.py", "codegen/names.py"):
+                "abi.py", "targets.py", "build.py", "codegen/c.py", "codegen/cuda.py", "codegen/kir.py",
+                "codegen/names.py"):
         with open(os.path.join(pkg, rel), "rb") as f:
             h.update(rel.encode() + f.read())
-    _digest.append(h.hexdigest())
-    return _digest[0]
+    _digest[target] = h.hexdigest()
+    return _digest[target]
 
 
-ABI_VERSION = 1
+ABI_VERSION = abi.ABI_VERSION
 
-
-LANES = 16     # samples per block; overridable when compiling: -DNAME_LANES=1 for single-sample devices
+LANES = 16     # samples per block
 
 
 class _Off:
@@ -210,6 +251,48 @@ class _Off:
         return self.const + self.lane * lanes
 
 
+def comment_text(text, limit=110):
+    """User text made safe inside a C comment: ASCII, one line, no ``*/``, at most ``limit`` chars."""
+    t = " ".join(str(text).split())
+    t = "".join(ch if " " <= ch <= "~" else "?" for ch in t).replace("*/", "* /").replace("/*", "/ *")
+    return t if len(t) <= limit else t[:limit - 3] + "..."
+
+
+def formula(st, c_names, loop_names):
+    """A stage as a line of math in the generated code's names: ``t_1[l0] = Max(0, b1[l0] + r1[l0])``."""
+    sub = {}
+    for b in st.bodies():
+        for n in sp.preorder_traversal(b):
+            if isinstance(n, sp.Indexed) and n.base.label.name in c_names:
+                sub[n.base] = sp.IndexedBase(c_names[n.base.label.name])
+            elif isinstance(n, sp.Symbol) and n.name in c_names:
+                sub[n] = sp.Symbol(c_names[n.name])
+    sub.update({k: sp.Symbol(v) for k, v in loop_names.items()})
+    lhs = c_names[st.name] + (f"[{', '.join(loop_names.get(k, str(k)) for k in st.idx)}]" if st.idx else "")
+    if st.elements is not None:
+        return f"{c_names[st.name]} = [{', '.join(str(e.xreplace(sub)) for e in st.elements)}]"
+    body = str(st.body.xreplace(sub))
+    if st.red:
+        lim = ", ".join(f"{loop_names.get(k, k)}<{n}" for k, n in st.red)
+        return f"{lhs} = {st.op}_{{{lim}}} {body}"
+    return f"{lhs} = {body}"
+
+
+def stage_comment(st, c_names, loop_names, what=""):
+    """What a nest computes and where the user wrote it: ``t_1[l0] = Max(0, ...)  (model.py:12)``."""
+    text = formula(st, c_names, loop_names)
+    if what:
+        text = f"{what}: {text}"
+    where = f"({os.path.basename(st.where[0])}:{st.where[1]})" if st.where else ""
+    where = comment_text(where, 50)
+    return comment_text(text, 110 - len(where)) + ("  " + where if where else "")
+
+
+def _fixed(pairs):
+    """Loop variables of extent 1, held at 0 instead of looped over."""
+    return {k: sp.Integer(0) for k, n in pairs if n == 1}
+
+
 class _Builder:
     """Plans the loop nests. Every per-sample tensor is stored for a block of GC_L samples,
     element-major with the sample innermost (``T[i * GC_L + b]``), so each statement runs in
@@ -224,7 +307,9 @@ class _Builder:
         self.model = ident(prog.name, "model")
         self.rt = self.model + "_real"
         self.c = {t.name: names(t.name) for t in prog.tensors.values()}
+        self.helpers = set()
         self.layout = self._layout()
+        self._where = self._where_map()
 
     # ---- memory --------------------------------------------------------
     def _size(self, name):
@@ -279,7 +364,7 @@ class _Builder:
         t = self.prog.tensors[name]
         return t.kind in ("input", "target") or t.scope == "sample"
 
-    def where(self):
+    def _where_map(self):
         """Where every tensor and adjoint lives inside a function body: (pointer, shape, dtype, blocked)."""
         prog, L = self.prog, self.layout
         w = {}
@@ -293,10 +378,13 @@ class _Builder:
             w[adjoint_symbol(n).name] = ("D_" + self.c[n], t.shape, t.dtype, self.blocked(n))
         return w
 
+    def where(self):
+        return self._where
+
     # ---- loop nests ----------------------------------------------------
     def printer(self, loops):
         names = {k: f"l{j}" for j, k in enumerate(loops)}
-        return Printer(self.dtype, self.where(), names, self.real_t), names
+        return Printer(self.dtype, self._where, names, self.real_t, self.helpers), names
 
     def _temps(self, printer, names, temps, red_vars):
         """Split CSE temporaries into those that vary with the reduction loops and those that do not."""
@@ -305,72 +393,79 @@ class _Builder:
             names[sym] = f"c{len(names)}" if sym not in names else names[sym]
             if e.free_symbols & varying:
                 varying.add(sym)
-                inner.append(("decl", names[sym], printer.doprint(e)))
+                inner.append(Decl(names[sym], printer.expr(e)))
             else:
-                outer.append(("decl", names[sym], printer.doprint(e)))
+                outer.append(Decl(names[sym], printer.expr(e)))
         return outer, inner
+
+    def _max_init(self):
+        return lit("-HUGE_VALF" if self.dtype == "float32" else "-HUGE_VAL")
 
     def forward_nest(self, st):
         t = self.prog.tensors[st.name]
         red_vars = [k for k, _ in st.red]
         pr, names = self.printer(list(st.idx) + red_vars)
-        loops = [(names[k], n, 1) for k, n in zip(st.idx, t.shape)]
-        inner = [(names[k], n, 1) for k, n in st.red]
         lanes = st.scope == "sample"
 
         def block(stmts):     # statements of one sample, run for every sample of the block
-            return [("lanes", stmts)] if lanes else stmts
+            return (LaneLoop(tuple(stmts)),) if lanes else tuple(stmts)
         if st.elements is not None:
             temps, vals = cse_block(st.elements)
             outer, _ = self._temps(pr, names, temps, [])
-            body = outer + [("set", pr.flat(st.name, unflat(e, t.shape)), pr.doprint(v))
-                            for e, v in enumerate(vals)]
-            return dict(loops=[], pre=[], inner=[], body=block(body), post=[],
-                        comment=f"{self.c[st.name]} (unrolled)")
-        temps, (val,) = cse_block([st.body])
+            body = outer + [Assign(pr.ref(st.name, unflat(e, t.shape)), pr.expr(v)) for e, v in enumerate(vals)]
+            return Nest(stage_comment(st, self.c, names, "unrolled"), body=block(body))
+        fix = _fixed(list(zip(st.idx, t.shape)) + list(st.red))
+        loops = tuple(Range(names[k], n) for k, n in zip(st.idx, t.shape) if k not in fix)
+        inner = tuple(Range(names[k], n) for k, n in st.red if k not in fix)
+        comment = stage_comment(st, self.c, names)
+        if lanes and st.op != "assign":
+            return self._lane_reduction(st, t, pr, names, fix, comment)
+        temps, (val,) = cse_block([st.body.xreplace(fix)])
         outer, inner_t = self._temps(pr, names, temps, red_vars)
-        target = pr.flat(st.name, st.idx)
+        target = pr.ref(st.name, tuple(sp.sympify(i).xreplace(fix) for i in st.idx))
         if st.op == "assign":
-            return dict(loops=loops, pre=[], inner=[], body=block(outer + [("set", target, pr.doprint(val))]),
-                        post=[], comment=self.c[st.name])
-        init = "0" if st.op == "sum" else ("-HUGE_VALF" if self.dtype == "float32" else "-HUGE_VAL")
-        if lanes:
-            U = _unroll(t.shape[0], 8) if st.idx else 1
-            return self._lane_reduction(st, pr, names, loops, inner, init, U)
-        pre = outer + [("var", "acc", init)]
+            return Nest(comment, loops, body=block(outer + [Assign(target, pr.expr(val))]))
+        init = lit("0") if st.op == "sum" else self._max_init()
+        pre = tuple(outer) + (Var("acc", init),)
         if st.op == "sum":
-            body = inner_t + [("add", "acc", pr.doprint(val))]
+            body = inner_t + [Accumulate(lit("acc"), pr.expr(val))]
         else:
-            body = inner_t + [("decl", "v", pr.doprint(val)), ("max", "acc", "v")]
-        return dict(loops=loops, pre=pre, inner=inner, body=body, post=[("set", target, "acc")],
-                    comment=f"{self.c[st.name]}: {st.op} over {len(inner)} loop(s)")
+            body = inner_t + [Decl("v", pr.expr(val)), MaxInto("acc", lit("v"))]
+        return Nest(comment, loops, pre, inner, tuple(body), (Assign(target, lit("acc")),))
 
-    def _lane_reduction(self, st, pr, names, loops, inner, init, U):
+    def _lane_reduction(self, st, t, pr, names, fix, comment):
         """A per-sample reduction, vectorized along the block's samples with the reduction loops
         inside (outer-loop vectorization): each sample's accumulators stay in registers for the
         whole reduction. With U > 1 the first output loop is unrolled U times and jammed: U
         accumulators share each load of the reduced operand (a register-blocked dot product)."""
+        U = _unroll(t.shape[0], 8) if st.idx else 1
         i0 = st.idx[0] if st.idx else None
+        once = i0 is not None and t.shape[0] == U      # the unrolled loop runs once: no loop
+        init = lit("0") if st.op == "sum" else self._max_init()
         accs, pre_t, body, post = [], [], [], []
         red_vars = [k for k, _ in st.red]
         for u in range(U):
-            bd = st.body if i0 is None else st.body.xreplace({i0: i0 + u})
-            temps, (val,) = cse_block([bd])
+            sub = dict(fix)
+            if i0 is not None:
+                sub[i0] = sp.Integer(u) if once else i0 + u
+            temps, (val,) = cse_block([st.body.xreplace(sub)])
             outer, inner_t = self._temps(pr, names, temps, red_vars)
             a = f"acc{u}"
-            accs.append((a, init))
+            accs.append(Acc(a, init.text))
             pre_t += outer
             if st.op == "sum":
-                body += inner_t + [("add", a, pr.doprint(val))]
+                body += inner_t + [Accumulate(lit(a), pr.expr(val))]
             else:
-                body += inner_t + [("decl", f"v{u}", pr.doprint(val)), ("max", a, f"v{u}")]
-            idx = st.idx if i0 is None else (i0 + u,) + tuple(st.idx[1:])
-            post.append(("set", pr.flat(st.name, idx), a))
-        if U > 1:
-            loops = [(loops[0][0], loops[0][1], U)] + loops[1:]
-        how = f", {U} outputs at a time" if U > 1 else ""
-        return dict(loops=loops, pre=[], inner=[], body=[("lanes_acc", accs, pre_t, inner, body, post)], post=[],
-                    comment=f"{self.c[st.name]}: {st.op} over {len(inner)} loop(s){how}")
+                body += inner_t + [Decl(f"v{u}", pr.expr(val)), MaxInto(a, lit(f"v{u}"))]
+            idx = tuple(sp.sympify(i).xreplace(sub) for i in st.idx)
+            post.append(Assign(pr.ref(st.name, idx), lit(a)))
+        loops = [Range(names[k], n) for k, n in zip(st.idx, t.shape) if k not in sub]
+        if i0 is not None and not once and i0 not in fix:
+            loops = [Range(names[i0], t.shape[0], U)] + loops
+        inner = tuple(Range(names[k], n) for k, n in st.red if k not in fix)
+        how = f"; {U} outputs at a time" if U > 1 else ""
+        return Nest(comment + how, tuple(loops),
+                    body=(LaneReduction(tuple(accs), tuple(pre_t), inner, tuple(body), tuple(post)),))
 
     def outer_updates(self, adj):
         """The updates of a per-sample dense layer's adjoint that are outer products,
@@ -400,54 +495,70 @@ class _Builder:
         t = self.prog.tensors[st.name]
         red_vars = [k for k, _ in st.red]
         pr, names = self.printer(list(st.idx) + red_vars)
-        loops = [] if st.elements is not None else [(names[k], n, 1) for k, n in zip(st.idx, t.shape)]
-        inner = [] if st.elements is not None else [(names[k], n, 1) for k, n in st.red]
+        pairs = [] if st.elements is not None else list(zip(st.idx, t.shape)) + list(st.red)
+        fix = _fixed(pairs)
         # a per-sample reduction's adjoint: U copies of the first output loop share their loads
         U = _unroll(t.shape[0]) if st.scope == "sample" and st.red and st.idx else 1
-        if U > 1:
-            loops = [(loops[0][0], loops[0][1], U)] + loops[1:]
+        i0 = st.idx[0] if st.idx else None
+        once = U > 1 and t.shape[0] == U
+        loops = []
+        if st.elements is None:
+            for k, n in zip(st.idx, t.shape):
+                if k in fix or (once and k == i0):
+                    continue
+                loops.append(Range(names[k], n, U if (U > 1 and k == i0) else 1))
+        inner = tuple(Range(names[k], n) for k, n in ([] if st.elements is not None else st.red) if k not in fix)
         outer_ups = self.outer_updates(adj)
         gathered = self.gathered_updates(adj)
         skip = {id(u) for u, _, _ in outer_ups} | {id(u) for u in gathered}
-        updates = [(u, {} if U == 1 else {st.idx[0]: st.idx[0] + j}) for j in range(U)
-                   for u in adj.updates if id(u) not in skip]
+
+        def shift(j):
+            sub = dict(fix)
+            if U > 1:
+                sub[i0] = sp.Integer(j) if once else i0 + j
+            return sub
+        updates = [(u, shift(j)) for j in range(U) for u in adj.updates if id(u) not in skip]
         temps, vals = cse_block([u.expr.xreplace(sub) for u, sub in updates])
         outer, inner_t = self._temps(pr, names, temps, red_vars)
-        comment = f"d/d {self.c[st.name]}" + (" (unrolled)" if st.elements is not None else "")
+        comment = stage_comment(st, self.c, names, "backward" + (" (unrolled)" if st.elements is not None else ""))
+
         def idx(u, sub):
             return tuple(sp.sympify(i).xreplace(sub) for i in u.idx)
+        loops = tuple(loops)
         if st.scope == "batch":
-            stmts = [("add", pr.flat(adjoint_symbol(u.tensor).name, idx(u, sub)), pr.doprint(v))
+            stmts = [Accumulate(pr.ref(adjoint_symbol(u.tensor).name, idx(u, sub)), pr.expr(v))
                      for (u, sub), v in zip(updates, vals)]
             if inner:
-                return [dict(loops=loops, pre=outer, inner=inner, body=inner_t + stmts, post=[], comment=comment)]
-            return [dict(loops=loops, pre=[], inner=[], body=outer + stmts, post=[], comment=comment)]
+                return [Nest(comment, loops, tuple(outer), inner, tuple(inner_t + stmts))]
+            return [Nest(comment, loops, body=tuple(outer + stmts))]
         # a per-sample stage: per-sample adjoints are updated lane by lane; adjoints of parameters
         # and of once-per-batch tensors receive the sum over the block's samples
         # (a scatter-add through an int32 input, dE[u, k], goes lane by lane and is never vectorized:
         # two samples of a block may name the same row)
-        stmts, sums, scatters = [], [], []
+        stmts, regs, targets, scatters = [], [], [], []
         for (u, sub), v in zip(updates, vals):
-            target = pr.flat(adjoint_symbol(u.tensor).name, idx(u, sub))
+            target = pr.ref(adjoint_symbol(u.tensor).name, idx(u, sub))
             if self.blocked(u.tensor):
-                stmts.append(("add", target, pr.doprint(v)))
+                stmts.append(Accumulate(target, pr.expr(v)))
             elif any(reads(sp.sympify(i), self.prog.tensors) for i in u.idx):
-                scatters.append(("add", target, pr.doprint(v)))
+                scatters.append(Accumulate(target, pr.expr(v)))
             else:
-                r = f"r{len(sums)}"
-                sums.append((r, target))
-                stmts.append(("add", r, pr.doprint(v)))
-        temps = outer + inner_t
-        body = [("lanes_sum", sums, temps + stmts)] if sums else [("lanes", temps + stmts)] if stmts else []
+                r = f"r{len(regs)}"
+                regs.append(r)
+                targets.append(target)
+                stmts.append(Accumulate(lit(r), pr.expr(v)))
+        temps = tuple(outer + inner_t)
+        body = (LaneSum(tuple(regs), tuple(targets), temps + tuple(stmts)),) if regs else \
+            (LaneLoop(temps + tuple(stmts)),) if stmts else ()
         nests = [self._outer_nest(st, t, u, coef, r) for u, coef, r in outer_ups]
         nests += [self._gather_nest(st, t, u, pr, names) for u in gathered]
         if body:
-            nests.append(dict(loops=loops, pre=[], inner=inner, body=body, post=[], comment=comment))
+            nests.append(Nest(comment, loops, inner=inner, body=body))
         if scatters:
             # sample by sample, the nest's loops inside: one sample's row is contiguous (vectorized),
             # and each gradient element still receives the samples in order
-            nests.append(dict(loops=[], pre=[], inner=[], body=[("lanes_outer", loops + inner, temps + scatters)],
-                              post=[], comment=comment + ", scattered sample by sample"))
+            nests.append(Nest(comment + "; scattered sample by sample",
+                              body=(SampleLoop(loops + inner, temps + tuple(scatters)),)))
         return nests
 
     def gathered_updates(self, adj):
@@ -471,72 +582,96 @@ class _Builder:
         ext = dict(zip(st.idx, t.shape))
         ext.update(dict(st.red))
         loop_syms = list(st.idx) + [k for k, _ in st.red]
+        fix = _fixed(ext.items())
         comps = [sp.sympify(c) for c in u.idx]
         own = [v for v in loop_syms if v in comps]
         rest = [v for v in loop_syms if v not in comps]
         U = _unroll(ext[own[0]], 8)
+        once = ext[own[0]] == U
         target = adjoint_symbol(u.tensor).name
         accs, pre_t, body, post = [], [], [], []
         for j in range(U):
-            sub = {own[0]: own[0] + j}
+            sub = dict(fix)
+            sub[own[0]] = sp.Integer(j) if once else own[0] + j
             temps, (val,) = cse_block([u.expr.xreplace(sub)])
             outer, inner_t = self._temps(pr, names, temps, rest)
             a = f"acc{j}"
-            accs.append((a, "0"))
+            accs.append(Acc(a, "0"))
             pre_t += outer
-            body += inner_t + [("add", a, pr.doprint(val))]
-            post.append(("add", pr.flat(target, tuple(c.xreplace(sub) for c in comps)), a))
-        loops = [(names[own[0]], ext[own[0]], U)] + [(names[v], ext[v], 1) for v in own[1:]]
-        inner = [(names[v], ext[v], 1) for v in rest]
-        return dict(loops=loops, pre=[], inner=[], body=[("lanes_acc", accs, pre_t, inner, body, post)], post=[],
-                    comment=f"d/d {self.c[st.name]}: {self.c[u.tensor]}, summed in registers"
-                    + (f", {U} at a time" if U > 1 else ""))
+            body += inner_t + [Accumulate(lit(a), pr.expr(val))]
+            post.append(Accumulate(pr.ref(target, tuple(c.xreplace(sub) for c in comps)), lit(a)))
+        loops = ([] if once else [Range(names[own[0]], ext[own[0]], U)]) + \
+            [Range(names[v], ext[v]) for v in own[1:] if v not in fix]
+        inner = tuple(Range(names[v], ext[v]) for v in rest if v not in fix)
+        what = f"backward into {self.c[u.tensor]}, summed in registers" + (f", {U} at a time" if U > 1 else "")
+        return Nest(stage_comment(st, self.c, names, what), tuple(loops),
+                    body=(LaneReduction(tuple(accs), tuple(pre_t), inner, tuple(body), tuple(post)),))
 
     def _outer_nest(self, st, t, u, coef, r):
         """dP[i, k] += coef * dT[i] * R[k] summed over the block: for each sample, U rows of dP
         take a rank-1 update along k from a sample-major copy of R."""
-        w = self.where()
-        K = self.prog.tensors[r].size
-        return dict(outer=dict(
-            src=w[r][0], mirror="M_" + self.c[r], K=K, I=t.shape[0], U=_unroll(t.shape[0], 8),
-            d=w[adjoint_symbol(st.name).name][0], g=w[adjoint_symbol(u.tensor).name][0],
-            coef=pr_number(coef, self.dtype)),
-            loops=[], pre=[], inner=[], body=[], post=[],
-            comment=f"d/d {self.c[st.name]}: {self.c[u.tensor]} by rank-1 updates over the block")
+        w = self._where
+        c = pr_number(coef, self.dtype)
+        upd = RankOneUpdate(src=w[r][0], mirror="M_" + self.c[r], d=w[adjoint_symbol(st.name).name][0],
+                            grad=w[adjoint_symbol(u.tensor).name][0], rows=t.shape[0],
+                            cols=self.prog.tensors[r].size, unroll=_unroll(t.shape[0], 8),
+                            coef="" if sp.sympify(coef) == 1 else c)
+        what = f"backward into {self.c[u.tensor]} by rank-1 updates over the block"
+        names = {k: f"l{j}" for j, k in enumerate(list(st.idx) + [k for k, _ in st.red])}
+        return Nest(stage_comment(st, self.c, names, what), body=(upd,))
 
     # ---- functions -----------------------------------------------------
-    def function(self, roots, backward):
+    def forward_segments(self, roots_of):
+        """The forward pass split into static functions that every entry point can share.
+
+        ``roots_of`` maps each entry point (forward, loss, loss_grad) to the tensors it needs.
+        Each scope (once per batch, per block of samples) is cut into the stages needed by the
+        same set of entry points, in program order: a stage needed by all of them is computed by
+        one function that all call. Returns (segments, {entry: [segment names per scope]})."""
         prog = self.prog
-        live = live_stages(prog, roots)
-        batch = [s for s in live if s.scope == "batch"]
-        sample = [s for s in live if s.scope == "sample"]
-        f = dict(batch=[self.forward_nest(s) for s in batch], sample=[self.forward_nest(s) for s in sample])
-        used = set()
-        for st in live:
-            used.add(st.name)
-            for b in st.bodies():
-                used |= {n for n, _, _ in reads(b, prog.tensors)}
-        if backward:
-            adjs = self.grad.adjoints
-            f["sample_bwd"] = [n for a in adjs if a.stage.scope == "sample" for n in self.backward_nest(a)]
-            f["batch_bwd"] = [n for a in adjs if a.stage.scope == "batch" for n in self.backward_nest(a)]
-            for a in adjs:
-                used.add(a.stage.name)
-                used |= {u.tensor for u in a.updates}
-        f["used"] = used
-        return f
+        need = {k: {s.name for s in live_stages(prog, roots)} for k, roots in roots_of.items()}
+        built, segs, uses = {}, [], {k: {"batch": [], "sample": []} for k in roots_of}
+        for scope in ("batch", "sample"):
+            groups = {}
+            for st in prog.stages:
+                if st.scope != scope:
+                    continue
+                who = tuple(k for k in roots_of if st.name in need[k])
+                if who:
+                    groups.setdefault(who, []).append(st)
+            # a stage needs only stages that every entry point needing it needs too, so the groups
+            # needed by more entry points go first (a topological order of the groups)
+            for who, stages in sorted(groups.items(), key=lambda g: -len(g[0])):
+                nests = []
+                for st in stages:
+                    if st.name not in built:
+                        built[st.name] = self.forward_nest(st)
+                    nests.append(built[st.name])
+                name = f"{self.model}_{scope}_{'_'.join(who)}"
+                segs.append(dict(name=name, scope=scope, who=who, nests=nests,
+                                 arrays=kir.arrays(nests)))
+                for k in who:
+                    uses[k][scope].append(name)
+        return segs, uses
+
+    def backward(self):
+        """Backward nests: (per-sample ones, once-per-batch ones)."""
+        adjs = self.grad.adjoints
+        return ([n for a in adjs if a.stage.scope == "sample" for n in self.backward_nest(a)],
+                [n for a in adjs if a.stage.scope == "batch" for n in self.backward_nest(a)])
 
     def decls(self, used, backward, outputs=()):
-        """Pointer declarations for the tensors a function touches, in a stable order."""
+        """Pointer declarations (type, name, offset expression) for the arrays in ``used``, in a stable order."""
         prog, L = self.prog, self.layout
+        MU = self.model.upper()
         out = []
         for p in L["params"]:
-            if p["name"] in used:
-                out.append(("const " + self.rt, "P_" + p["c"], f"params + {p['offset']}"))
-                if backward:
-                    out.append((self.rt, "G_" + p["c"], f"grad + {p['offset']}"))
+            off = f"{MU}_PARAM_{p['c'].upper()}_OFFSET"
+            out.append(("const " + self.rt, "P_" + p["c"], f"params + {off}"))
+            if backward:
+                out.append((self.rt, "G_" + p["c"], f"grad + {off}"))
         for st in prog.stages:
-            if (st.name in used or st.name in outputs) and st.name in L["values"]:
+            if st.name in L["values"]:
                 out.append((self.rt, "V_" + self.c[st.name], f"ws + {L['values'][st.name].c()}"))
         if backward:
             for kind in ("sample_adj", "batch_adj"):
@@ -545,29 +680,29 @@ class _Builder:
             for n, off in L["mirrors"].items():
                 out.append((self.rt, "M_" + self.c[n], f"ws + {off.c()}"))
         for t in prog.inputs + prog.targets:
-            if t.name in used:
-                pre = "X_" if t.kind == "input" else "Y_"
-                off = L["lanes_in"][t.name].c()
-                out.append(("int32_t", pre + self.c[t.name], f"wsi + {off}") if t.dtype == INT
-                           else (self.rt, pre + self.c[t.name], f"ws + {off}"))
-        return out
+            pre = "X_" if t.kind == "input" else "Y_"
+            off = L["lanes_in"][t.name].c()
+            out.append(("int32_t", pre + self.c[t.name], f"wsi + {off}") if t.dtype == INT
+                       else (self.rt, pre + self.c[t.name], f"ws + {off}"))
+        return [d for d in out if d[1] in used]
 
     def gathers(self, used):
-        """Copies of the inputs and targets a function reads into its sample-innermost block buffers."""
+        """Copies of the inputs and targets whose block buffers ``used`` holds, sample-innermost."""
         out = []
         for t in self.prog.inputs + self.prog.targets:
-            if t.name in used:
-                pre = "X_" if t.kind == "input" else "Y_"
+            pre = "X_" if t.kind == "input" else "Y_"
+            if pre + self.c[t.name] in used:
                 arg = ("in_" if t.kind == "input" else "tg_") + self.c[t.name]
                 out.append(dict(dst=pre + self.c[t.name], src=arg, size=t.size))
         return out
 
     def int_checks(self, used):
-        """Range checks of int32 inputs used as indices: one loop when every element has one bound."""
+        """Range checks of the int32 inputs whose block buffers ``used`` holds: one loop when every
+        element has one bound."""
         out = []
         for name, bounds in self.prog.int_bounds.items():
             t = self.prog.tensors[name]
-            if name not in used:
+            if ("X_" if t.kind == "input" else "Y_") + self.c[name] not in used:
                 continue
             ptr = ("in_" if t.kind == "input" else "tg_") + self.c[name]
             if all(b is not None for b in bounds) and len(set(bounds)) == 1:
@@ -588,6 +723,21 @@ class _Builder:
         return out
 
 
+def _function(B, key, segs, uses, own, extra, backward, outputs=()):
+    """What one entry point (or part of one) declares and runs: the segments it calls, its own
+    nests, the pointers they use, the inputs it gathers and checks."""
+    seg_by = {s["name"]: s for s in segs}
+    calls = {scope: [seg_by[n] for n in uses.get(scope, [])] for scope in ("batch", "sample")}
+    called = set().union(set(), *[s["arrays"] for sc in calls.values() for s in sc])
+    mine = kir.arrays(own) | set(extra)
+    gathers = B.gathers(called | mine)
+    checks = B.int_checks(called | mine)
+    decls = B.decls(mine | {g["dst"] for g in gathers}, backward, outputs)
+    return dict(calls=calls, decls=decls, gathers=gathers, checks=checks,
+                ints=any(d[2].startswith("wsi") for d in decls)
+                or any(s["ints"] for sc in calls.values() for s in sc))
+
+
 def render(prog, grad, dtype="float64", inference_only=False):
     """Render ``prog`` (with its ``grad``) as C source, header and cffi cdef.
 
@@ -602,50 +752,42 @@ def render(prog, grad, dtype="float64", inference_only=False):
                     value="V_" + B.c[o], blocked=B.blocked(o)) for o in prog.outputs]
     loss_st = prog.stage(prog.loss)
     c = lambda n: B.c[n]  # noqa: E731
-    extra = {"forward": ["V_" + o["name"] for o in outputs],
-             "loss": ["V_" + c(prog.loss)] + (["V_" + c(prog.reg)] if prog.reg else []),
-             "loss_grad": ["V_" + c(prog.loss), "D_" + c(prog.loss)]
-             + (["V_" + c(prog.reg), "D_" + c(prog.reg)] if prog.reg else [])}
+    roots = {"forward": prog.outputs}
+    if not inference_only:
+        roots["loss"] = [prog.loss, prog.reg]
+    segs, uses = B.forward_segments({"forward": prog.outputs} if inference_only
+                                    else {"forward": prog.outputs, "loss": [prog.loss, prog.reg]})
+    for s in segs:
+        s["decls"] = B.decls(s["arrays"], False)
+        s["ints"] = any(d[2].startswith("wsi") for d in s["decls"])
+        s["uses_params"] = any(d[1].startswith("P_") for d in s["decls"])
     ins = ["in_" + B.c[t.name] for t in prog.inputs]
     tgs = ["tg_" + B.c[t.name] for t in prog.targets]
-    args = {"forward": ["params"] + ins + ["out_" + o["name"] for o in outputs],
-            "loss": ["params"] + ins + tgs + ["loss"],
-            "loss_grad": ["params"] + ins + tgs + ["loss", "grad"]}
-    wanted = [("forward", prog.outputs, False)]
+    funcs = {"forward": _function(B, "forward", segs, uses["forward"], [], ["V_" + o["name"] for o in outputs],
+                                  False, prog.outputs)}
+    funcs["forward"]["args"] = ["params"] + ins + ["out_" + o["name"] for o in outputs]
     if not inference_only:
-        wanted += [("loss", [prog.loss, prog.reg], False), ("loss_grad", [prog.loss, prog.reg], True)]
-    funcs = {}
-    for key, roots, backward in wanted:
-        f = B.function(roots, backward)
-        decls = B.decls(f["used"], backward, prog.outputs if key == "forward" else ())
-        checks = B.int_checks(f["used"])
-        gathers = B.gathers(f["used"])
-        # declare exactly the pointers the statements use: no unused variables
-        text = " ".join(_texts(n[part]) for k in ("batch", "sample", "sample_bwd", "batch_bwd")
-                        for n in f.get(k, []) for part in ("pre", "body", "post"))
-        text += " " + " ".join(" ".join(str(v) for v in n["outer"].values())
-                               for k in ("sample_bwd", "batch_bwd") for n in f.get(k, []) if "outer" in n)
-        used = set(re.findall(r"[A-Za-z_]\w*", text)) | set(extra[key])
-        all_decls = decls
-        decls = [d for d in decls if d[1] in used]
-        gathers = [g for g in gathers if g["dst"] in used]
-        funcs[key] = dict(f, decls=decls, checks=checks, gathers=gathers, args=args[key],
-                          ints=any(d[2].startswith("wsi") for d in decls))
-        if key == "loss_grad":
-            # loss_grad is two functions: the blocks of samples (run once, or once per thread), then
-            # what runs once per batch; each declares exactly the pointers it uses
-            per_sample = loss_st.scope == "sample"
-            texts = {"part": ["batch", "sample", "sample_bwd"], "finish": ["batch_bwd"]}
-            seeds = {"part": [c(prog.loss), ] if per_sample else [],
-                     "finish": ([] if per_sample else [c(prog.loss)]) + ([c(prog.reg)] if prog.reg else [])}
-            for part, keys in texts.items():
-                t = " ".join(_texts(n[q]) for k in keys for n in f.get(k, []) for q in ("pre", "body", "post"))
-                t += " " + " ".join(" ".join(str(v) for v in n["outer"].values())
-                                    for k in keys for n in f.get(k, []) if "outer" in n)
-                u = set(re.findall(r"[A-Za-z_]\w*", t)) | {p + n for n in seeds[part] for p in ("V_", "D_")}
-                ds = [d for d in all_decls if d[1] in u]
-                funcs[key][part + "_decls"] = ds
-                funcs[key][part + "_ints"] = any(d[2].startswith("wsi") for d in ds)
+        loss_vals = ["V_" + c(prog.loss)] + (["V_" + c(prog.reg)] if prog.reg else [])
+        funcs["loss"] = _function(B, "loss", segs, uses["loss"], [], loss_vals, False)
+        funcs["loss"]["args"] = ["params"] + ins + tgs + ["loss"]
+        funcs["loss_grad_args"] = ["params"] + ins + tgs + ["loss", "grad"]
+        sample_bwd, batch_bwd = B.backward()
+        per_sample = loss_st.scope == "sample"
+        part_seed = ["V_" + c(prog.loss), "D_" + c(prog.loss)] if per_sample else []
+        finish_seed = ([] if per_sample else ["V_" + c(prog.loss), "D_" + c(prog.loss)]) + \
+            (["V_" + c(prog.reg), "D_" + c(prog.reg)] if prog.reg else [])
+        # loss_grad is two functions: the blocks of samples (run once, or once per thread), then what
+        # runs once per batch; each declares exactly the pointers it uses
+        part = _function(B, "part", segs, uses["loss"], sample_bwd, part_seed, True)
+        part["sample_bwd"] = sample_bwd
+        finish = _function(B, "finish", segs, {}, batch_bwd, finish_seed, True)
+        finish["batch_bwd"] = batch_bwd
+        funcs["part"], funcs["finish"] = part, finish
+        funcs["part"]["uses_params"] = any(d[1].startswith("P_") for d in part["decls"]) or \
+            any(s["uses_params"] for sc in part["calls"].values() for s in sc)
+        funcs["part"]["uses_args"] = {g["src"] for g in part["gathers"]} | {ch["ptr"] for ch in part["checks"]}
+        funcs["finish"]["uses_params"] = any(d[1].startswith("P_") for d in finish["decls"])
+        funcs["finish"]["uses_grad"] = any(d[1].startswith("G_") for d in finish["decls"])
     real_ins = [t for t in prog.inputs if t.dropout is None]
     generic = None
     if len(prog.inputs) == 1 and real_ins and len(prog.targets) == 1 and len(outputs) == 1:
@@ -654,20 +796,21 @@ def render(prog, grad, dtype="float64", inference_only=False):
                        target_ctype="int32_t" if tg.dtype == INT else M + "_real", output_size=outputs[0]["size"])
     ctx = dict(
         M=M, MU=M.upper(), real=B.real_t, dtype=dtype, real_bytes=4 if dtype == "float32" else 8,
-        inference_only=inference_only, abi_version=ABI_VERSION, generic=generic,
+        inference_only=inference_only, abi_version=ABI_VERSION, generic=generic, errors=abi.error_codes("c"),
         inputs=B.args(("input",)), targets=B.args(("target",)), outputs=outputs,
         params=B.layout["params"], n_params=B.layout["n_params"], ws=B.layout["ws"], ints=B.layout["ints"],
         lanes=LANES, sample_adj=B.layout["sample_adj_range"], batch_adj=B.layout["batch_adj_range"],
         loss="V_" + B.c[prog.loss], loss_adj="D_" + B.c[prog.loss], loss_per_sample=loss_st.scope == "sample",
         reg=("V_" + B.c[prog.reg]) if prog.reg else None, reg_adj=("D_" + B.c[prog.reg]) if prog.reg else None,
-        f=funcs, suffix="f" if dtype == "float32" else "", lit=(lambda x: f"{x}F" if dtype == "float32" else x),
+        f=funcs, segments=segs, helpers=helper_functions(B.helpers, dtype),
+        suffix="f" if dtype == "float32" else "", lit=(lambda x: f"{x}F" if dtype == "float32" else x),
     )
-    env = _templates()
-    c = env.get_template("c/model.c.j2").render(ctx)
+    env = templates()
+    c_text = env.get_template("c/model.c.j2").render(ctx)
     h = env.get_template("c/model.h.j2").render(ctx)
     cdef = env.get_template("c/cdef.j2").render(ctx)
     layout = dict(B.layout, c_names=B.c, prefix=M)
-    return Source(M, c, h, cdef, layout)
+    return Source(M, c_text, h, cdef, layout)
 
 
 def pr_number(x, dtype):
@@ -681,23 +824,6 @@ def _unroll(extent, most=4):
         if u <= most and extent % u == 0:
             return u
     return 1
-
-
-def _texts(stmts):
-    """The text of a statement list, nested lane blocks included (to find the names it uses)."""
-    out = []
-    for st in stmts:
-        if st[0] == "lanes":
-            out.append(_texts(st[1]))
-        elif st[0] == "lanes_outer":
-            out.append(_texts(st[2]))
-        elif st[0] == "lanes_acc":
-            out.append(" ".join(a for a, _ in st[1]) + " " + _texts(st[2] + st[4] + st[5]))
-        elif st[0] == "lanes_sum":
-            out.append(" ".join(f"{r} {t}" for r, t in st[1]) + " " + _texts(st[2]))
-        else:
-            out.append(f"{st[1]} {st[2]}")
-    return " ".join(out)
 
 
 def c_literal(x, dtype):
@@ -720,5 +846,4 @@ def render_weights(src, params, dtype):
         lits = [c_literal(v, dtype) for v in a]
         rows.append(dict(p, rows=[", ".join(lits[i:i + 6]) for i in range(0, len(lits), 6)]))
     M = src.name
-    return _templates().get_template("c/weights.c.j2").render(M=M, MU=M.upper(), params=rows)
-
+    return templates().get_template("c/weights.c.j2").render(M=M, MU=M.upper(), params=rows)
