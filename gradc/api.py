@@ -120,22 +120,25 @@ def lower_model(model):
 
 
 def module_info(prog, src, dtype, target):
-    """The metadata the generated module needs (shapes, dtypes, initializers, layout)."""
+    """The ``ModuleMeta`` the generated module needs (shapes, dtypes, initializers, layout), before
+    the build adds its own fields; ``.to_json()`` is what the build stores.
+
+    Example::
+
+        info = module_info(prog, render(prog, differentiate(prog), "float64"), "float64", "c")
+        info.param("W1").offset, info.n_params
+    """
     from .codegen.c import LANES
+    from .runtime.meta import ArgMeta, ModuleMeta, OutputMeta, ParamMeta
     L = src.layout
-    params = [dict(name=p["name"], shape=p["shape"], offset=p["offset"], size=p["size"],
-                   init=prog.tensors[p["name"]].init) for p in L["params"]]
-    def arg(t):
-        a = dict(name=t.name, shape=list(t.shape), dtype=t.dtype)
-        if t.dropout is not None:
-            a["dropout"] = t.dropout
-        return a
-    return dict(name=prog.name, prefix=src.name, dtype=dtype, target=target, params=params,
-                model_hash=prog.digest(),
-                n_params=L["n_params"], inputs=[arg(t) for t in prog.inputs],
-                targets=[arg(t) for t in prog.targets],
-                outputs=[dict(name=o, shape=list(prog.tensors[o].shape)) for o in prog.outputs],
-                int_bounds=dict(prog.int_bounds), ws_reals=L["ws"].at(LANES), ws_ints=L["ints"].at(LANES))
+    params = [ParamMeta(p["name"], p["shape"], p["offset"], p["size"], prog.tensors[p["name"]].init)
+              for p in L["params"]]
+    return ModuleMeta(name=prog.name, prefix=src.name, dtype=dtype, target=target, params=params,
+                      model_hash=prog.digest(), n_params=L["n_params"],
+                      inputs=[ArgMeta(t.name, t.shape, t.dtype, t.dropout) for t in prog.inputs],
+                      targets=[ArgMeta(t.name, t.shape, t.dtype, t.dropout) for t in prog.targets],
+                      outputs=[OutputMeta(o, prog.tensors[o].shape) for o in prog.outputs],
+                      int_bounds=prog.int_bounds, ws_reals=L["ws"].at(LANES), ws_ints=L["ints"].at(LANES))
 
 
 def build_model(model_or_prog, dtype="float64", target="c"):
@@ -156,17 +159,20 @@ def build_model(model_or_prog, dtype="float64", target="c"):
         else:
             from .codegen.c import render
             src = render(prog, differentiate(prog), dtype)
-        return src, module_info(prog, src, dtype, target)
+        return src, module_info(prog, src, dtype, target).to_json()
 
     with _lock:
         return build(prog, dtype, target, make_source)
 
 
 def compile_model(model, dtype="float64", target="c"):
-    """A ``gradc.Model`` compiled to a module object with the module contract."""
-    from .runtime import as_module
+    """A ``gradc.Model`` compiled to a module object with the module contract.
+
+    Example: ``mod = compile_model(m, dtype="float32"); mod.init_params(seed=0)``.
+    """
+    from .runtime import ModuleMeta, as_module
     entry, meta = build_model(model, dtype, target)
-    return as_module(entry, meta)
+    return as_module(entry, ModuleMeta.from_json(meta))
 
 
 def load(path, dtype="float64", target="c", model=None):

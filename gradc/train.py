@@ -24,8 +24,7 @@ import numpy as np
 from . import metrics as _metrics
 from . import optim as _optim
 from ._version import __version__
-
-_OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
+from .runtime import Params, runtime_of
 
 
 class StopTraining(Exception):
@@ -213,7 +212,7 @@ def load_checkpoint(path, module=None):
         raise ValueError(f"checkpoint {path}: its training state is not a record")
     got = bytes(files["model_hash"].tobytes()).decode("utf-8", "replace")
     if module is not None:
-        want = module._compiled.meta.get("model_hash")
+        want = runtime_of(module).info.model_hash
         if want is not None and got != want:
             raise ValueError(f"checkpoint {path} was written for another model (hash {got[:12]}, this model {want[:12]})")
         for k, shape in module.param_shapes.items():
@@ -257,12 +256,12 @@ class Trainer:
             raise ValueError(f"params must hold exactly the model's parameters {list(module.param_shapes)}")
         if isinstance(optimizer, str):
             key = optimizer.lower()
-            if key not in _OPTIMIZERS:
-                raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(_OPTIMIZERS)}")
+            if key not in _optim.OPTIMIZERS:
+                raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(_optim.available())}")
             kw = dict(optimizer_options or {})
             if lr is not None:
                 kw["lr"] = lr
-            optimizer = getattr(_optim, _OPTIMIZERS[key])(params, options=options, frozen=list(frozen), **kw)
+            optimizer = _optim.OPTIMIZERS[key](params, options=options, frozen=list(frozen), **kw)
         elif options or frozen or optimizer_options or lr is not None:
             raise ValueError("lr, options, frozen and optimizer_options go to the optimizer's constructor "
                              "when you pass an optimizer object")
@@ -279,7 +278,7 @@ class Trainer:
         self.seed, self.rng = seed, np.random.default_rng(seed)
         self.transform, self.callbacks, self.progress = transform, list(callbacks), progress
         if hasattr(transform, "bind"):      # tell a transform which arrays are the model's inputs
-            masks = {a["name"] for a in module._compiled.meta["inputs"] if "dropout" in a}
+            masks = set(runtime_of(module).info.dropout_inputs)
             transform.bind([k for k, dt in module.input_dtypes.items() if k not in masks and dt.kind == "f"])
         self.metrics = list(metrics)
         for mt in self.metrics:
@@ -300,11 +299,11 @@ class Trainer:
         if self.batch_size % d.size:
             raise ValueError(f"the global batch size {self.batch_size} is not divisible by the {d.size} ranks; "
                              f"choose a multiple of {d.size}")
-        meta = self.module._compiled.meta
-        d.same_everywhere(f"{meta.get('model_hash', '')} {meta['dtype']}", "the model (or its dtype)")
+        info = runtime_of(self.module).info
+        d.same_everywhere(f"{info.model_hash or ''} {info.dtype}", "the model (or its dtype)")
         opt = self.optimizer
         settings = (self.seed, self.batch_size, self.shuffle, self.drop_last, self.clip, self.nan,
-                    type(opt).__name__, sorted((k, repr(h)) for k, h in opt._hyper.items()),
+                    type(opt).__name__, sorted((k, repr(opt.hyper(k))) for k in opt.params),
                     sorted(opt.lr.items()), type(self.scheduler).__name__, self.scheduler_interval)
         d.same_everywhere(repr(settings), "the training settings (seed, batch size, optimizer, lr, schedule)")
         for a in self.params.values():          # everyone starts from rank 0's parameters
@@ -329,7 +328,7 @@ class Trainer:
     # ---- data ----------------------------------------------------------
     def _fields(self):
         m = self.module
-        masks = {a["name"] for a in m._compiled.meta["inputs"] if "dropout" in a}
+        masks = set(runtime_of(m).info.dropout_inputs)
         return [k for k in m.input_shapes if k not in masks] + list(m.target_shapes)
 
     def check_data(self, data, what="training data", finite=False):
@@ -355,7 +354,7 @@ class Trainer:
                 raise ValueError(f"{what}: {k!r} has {len(a)} samples, others have {n}")
             n = len(a)
             if a.dtype.kind in "iu":
-                err = self.module._compiled.index_error(k, a)
+                err = runtime_of(self.module).index_error(k, a)
                 if err:
                     raise ValueError(f"{what}: {err}")
             if finite and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
@@ -426,7 +425,7 @@ class Trainer:
 
     def save(self, path):
         """Write a checkpoint (parameters and all training state) atomically."""
-        save_checkpoint(path, self.params, self.state(), self.module._compiled.meta.get("model_hash", ""))
+        save_checkpoint(path, self.params, self.state(), runtime_of(self.module).info.model_hash or "")
 
     def restore(self, path):
         """Resume from a checkpoint written by ``save``: parameters, optimizer, schedule, RNG, history.
@@ -469,26 +468,25 @@ class Trainer:
         if self.dist is None:
             return self.module.loss_and_grad(self.params, dropout_rng=self.rng, **batch)
         from .distributed import shard
-        c = self.module._compiled
+        rt = runtime_of(self.module)
         # masks for the whole global batch, from the generator every rank shares: as one process would
-        batch = c._masks(batch, c.meta["inputs"] + c.meta["targets"], self.rng)
+        batch = rt.fill_masks(batch, self.rng)
         n = len(next(iter(batch.values())))
         part = shard(n, self.dist.size, self.dist.rank)
         mine = {k: v[part] for k, v in batch.items()}
         n_mine = part.stop - part.start
         flat = getattr(self, "_shard_sums", None)
         if flat is None:
-            flat = self._shard_sums = np.zeros(c.n_params + 1, dtype=np.float64)
+            flat = self._shard_sums = np.zeros(rt.n_params + 1, dtype=np.float64)
         flat[...] = 0
         if n_mine:
             loss, grads = self.module.loss_and_grad(self.params, **mine)
-            for p in c.params:
-                flat[p["offset"]:p["offset"] + p["size"]] = grads[p["name"]].ravel()
+            for p in rt.info.params:
+                flat[p.offset:p.offset + p.size] = grads[p.name].ravel()
             flat[:-1] *= n_mine
             flat[-1] = loss * n_mine
         mean = self.dist.reduce_mean(flat, n)
-        from .runtime import Params
-        return float(mean[-1]), Params(mean[:-1].astype(c.dtype), c.params)
+        return float(mean[-1]), Params(mean[:-1].astype(rt.dtype), rt.info.params)
 
     def train_epoch(self, data):
         n = len(next(iter(data.values())))

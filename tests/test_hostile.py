@@ -394,7 +394,7 @@ def test_forward_whose_outputs_exceed_physical_memory_is_refused_before_allocati
     n = 200_000                                  # outputs: n doubles = 1.6 MB > the 1 MiB "machine"
     need = n * 8
     x, u = np.zeros((n, 3)), np.zeros(n, dtype=np.int32)
-    monkeypatch.setattr(gradc.runtime, "_physical_memory", lambda: 1 << 20)
+    monkeypatch.setattr(gradc.runtime.memory, "physical_memory", lambda: 1 << 20)
     out, peak = _peak_during(lambda: rt.forward(p, x=x, u=u))
     assert isinstance(out, ValueError), out
     assert f"the outputs of a batch of {n:,}" in str(out) or f"the outputs of a batch of {n}" in str(out)
@@ -404,19 +404,19 @@ def test_forward_whose_outputs_exceed_physical_memory_is_refused_before_allocati
 
 
 def test_forward_within_physical_memory_is_not_refused(rt, monkeypatch):
-    monkeypatch.setattr(gradc.runtime, "_physical_memory", lambda: 1 << 20)
+    monkeypatch.setattr(gradc.runtime.memory, "physical_memory", lambda: 1 << 20)
     d = rt_data(100)
     assert rt.forward(rt.init_params(), x=d["x"], u=d["u"])["s"].shape == (100,)
 
 
 def test_init_params_larger_than_physical_memory_is_refused_before_allocating(rt, monkeypatch):
-    monkeypatch.setattr(gradc.runtime, "_physical_memory", lambda: 64)        # 13 doubles = 104 bytes
+    monkeypatch.setattr(gradc.runtime.memory, "physical_memory", lambda: 64)        # 13 doubles = 104 bytes
     with pytest.raises(ValueError, match="the parameters would need"):
         rt.init_params()
 
 
 def test_unknown_physical_memory_does_not_block_allocation(rt, monkeypatch):
-    monkeypatch.setattr(gradc.runtime, "_physical_memory", lambda: None)
+    monkeypatch.setattr(gradc.runtime.memory, "physical_memory", lambda: None)
     d = rt_data(4)
     assert rt.forward(rt.init_params(), x=d["x"], u=d["u"])["s"].shape == (4,)
 
@@ -426,7 +426,7 @@ def test_broadcast_input_whose_copy_exceeds_physical_memory_is_refused_before_al
     n = 200_000                                  # the copy of x: 4.8 MB > the 1 MiB "machine"
     x = np.broadcast_to(np.array([0.5, 1.0, -1.0]), (n, 3))
     u, y = np.broadcast_to(np.int32(1), (n,)), np.broadcast_to(0.0, (n,))
-    monkeypatch.setattr(gradc.runtime, "_physical_memory", lambda: 1 << 20)
+    monkeypatch.setattr(gradc.runtime.memory, "physical_memory", lambda: 1 << 20)
     out, peak = _peak_during(lambda: rt.loss(p, x=x, u=u, y=y))
     assert isinstance(out, ValueError) and "'x'" in str(out), out
     assert peak < 1 << 20, f"{peak:,} bytes allocated before refusing"

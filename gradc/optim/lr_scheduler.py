@@ -29,7 +29,7 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Mapping
 
-from . import Optimizer
+from .optimizer import Optimizer
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "LinearLR", "LambdaLR",
            "SequentialLR", "warmup"]
@@ -78,9 +78,9 @@ class LRScheduler:
             raise ValueError(f"{type(self).__name__}: expected a gradc.optim optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
         for k, lr in optimizer.lr.items():
-            optimizer._initial_lr.setdefault(k, lr)
+            optimizer.initial_lr.setdefault(k, lr)
         #: {name: the initial lr this schedule scales}
-        self.base_lrs = {k: optimizer._initial_lr[k] for k in optimizer.lr}
+        self.base_lrs = {k: optimizer.initial_lr[k] for k in optimizer.lr}
         #: index of the last epoch stepped: 0 right after construction
         self.last_epoch = -1
         self._is_initial = False
@@ -487,9 +487,9 @@ class SequentialLR(LRScheduler):
         self._schedulers = schedulers
         self.milestones = tuple(milestones)
         self.last_epoch = 0
-        self.base_lrs = {k: optimizer._initial_lr[k] for k in optimizer.lr}
+        self.base_lrs = {k: optimizer.initial_lr[k] for k in optimizer.lr}
         for k in optimizer.lr:
-            optimizer.lr[k] = optimizer._initial_lr[k]
+            optimizer.lr[k] = optimizer.initial_lr[k]
         self._undo(self)
         idx = bisect_right(self.milestones, 0)
         self._schedulers[idx]._initial_step()
