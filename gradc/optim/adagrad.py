@@ -8,7 +8,7 @@ Example::
 """
 import numpy as np
 
-from .optimizer import Optimizer, flag_option, real_option, register
+from .optimizer import Optimizer, flag_option, nonnegative_option, register, regularized_grad
 
 
 def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
@@ -24,11 +24,7 @@ def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_
         adagrad(ps, gs, s, [1] * len(ps), lr=1e-2)
     """
     for i, p in enumerate(params):
-        g = grads[i]
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            g = g + weight_decay * p
+        g = regularized_grad(p, grads[i], weight_decay, maximize)
         clr = lr / (1 + (state_steps[i] - 1) * lr_decay)
         s = state_sums[i]
         s += g * g
@@ -63,15 +59,8 @@ class Adagrad(Optimizer):
                                       initial_accumulator_value=initial_accumulator_value, eps=eps,
                                       maximize=maximize), options, frozen, unknown)
 
-    @staticmethod
-    def _check(h, where):
-        return dict(lr=real_option(where, "lr", h["lr"], lo=0.0),
-                    lr_decay=real_option(where, "lr_decay", h["lr_decay"], lo=0.0),
-                    weight_decay=real_option(where, "weight_decay", h["weight_decay"], lo=0.0),
-                    initial_accumulator_value=real_option(where, "initial_accumulator_value",
-                                                          h["initial_accumulator_value"], lo=0.0),
-                    eps=real_option(where, "eps", h["eps"], lo=0.0),
-                    maximize=flag_option(where, "maximize", h["maximize"]))
+    _OPTIONS = dict(lr=nonnegative_option, lr_decay=nonnegative_option, weight_decay=nonnegative_option,
+                    initial_accumulator_value=nonnegative_option, eps=nonnegative_option, maximize=flag_option)
 
     @staticmethod
     def _state_keys(h):

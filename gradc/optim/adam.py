@@ -14,7 +14,7 @@ Example::
 import numpy as np
 
 from ..runtime.updates import adam_apply_scalars, adam_bias_correction
-from .optimizer import Optimizer, betas_option, flag_option, lerp_, real_option, register
+from .optimizer import Optimizer, betas_option, flag_option, lerp_, nonnegative_option, register, regularized_grad
 
 
 def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1, beta2, eps,
@@ -31,14 +31,9 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, 
         adam(ps, gs, m, v, [None] * len(ps), [1] * len(ps), lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
     """
     for i, p in enumerate(params):
-        g = grads[i]
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            if decoupled_weight_decay:
-                p *= 1 - lr * weight_decay
-            else:
-                g = g + weight_decay * p
+        if decoupled_weight_decay and weight_decay != 0:
+            p *= 1 - lr * weight_decay
+        g = regularized_grad(p, grads[i], 0.0 if decoupled_weight_decay else weight_decay, maximize)
         m, v = exp_avgs[i], exp_avg_sqs[i]
         lerp_(m, g, 1 - beta1)
         v *= beta2
@@ -89,14 +84,8 @@ class Adam(Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize), options, frozen, unknown)
 
-    @staticmethod
-    def _check(h, where):
-        return dict(lr=real_option(where, "lr", h["lr"], lo=0.0),
-                    betas=betas_option(where, h["betas"]),
-                    eps=real_option(where, "eps", h["eps"], lo=0.0),
-                    weight_decay=real_option(where, "weight_decay", h["weight_decay"], lo=0.0),
-                    amsgrad=flag_option(where, "amsgrad", h["amsgrad"]),
-                    maximize=flag_option(where, "maximize", h["maximize"]))
+    _OPTIONS = dict(lr=nonnegative_option, betas=betas_option, eps=nonnegative_option,
+                    weight_decay=nonnegative_option, amsgrad=flag_option, maximize=flag_option)
 
     @staticmethod
     def _state_keys(h):

@@ -79,15 +79,36 @@ def flag_option(where, key, value):
     return bool(value)
 
 
-def betas_option(where, value):
-    """A pair ``(beta1, beta2)`` of floats in [0, 1), or ValueError.
+def betas_option(where, key, value):
+    """A pair ``(beta1, beta2)`` of floats in [0, 1), or ValueError naming ``key``.
 
-    Example: ``betas_option("Adam", [0.9, 0.999])`` is ``(0.9, 0.999)``.
+    Example: ``betas_option("Adam", "betas", [0.9, 0.999])`` is ``(0.9, 0.999)``.
     """
     if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError(f"{where}: option 'betas' must be a pair (beta1, beta2), got {value!r}")
-    return (real_option(where, "betas[0]", value[0], lo=0.0, hi=1.0, hi_open=True),
-            real_option(where, "betas[1]", value[1], lo=0.0, hi=1.0, hi_open=True))
+        raise ValueError(f"{where}: option {key!r} must be a pair (beta1, beta2), got {value!r}")
+    return (real_option(where, f"{key}[0]", value[0], lo=0.0, hi=1.0, hi_open=True),
+            real_option(where, f"{key}[1]", value[1], lo=0.0, hi=1.0, hi_open=True))
+
+
+def nonnegative_option(where, key, value):
+    """``real_option`` for a value that must be >= 0 (a rate, a decay, eps).
+
+    Example: ``nonnegative_option("SGD", "lr", 0.1)`` is 0.1.
+    """
+    return real_option(where, key, value, lo=0.0)
+
+
+def regularized_grad(p, g, weight_decay, maximize):
+    """The gradient an update rule starts from: ``-g`` when ``maximize``, plus ``weight_decay * p``
+    (L2 weight decay). A new array when either applies; ``g`` itself is never written.
+
+    Example: ``g = regularized_grad(p, g, 1e-4, False)`` is ``g + 1e-4 * p``.
+    """
+    if maximize:
+        g = -g
+    if weight_decay != 0:
+        g = g + weight_decay * p
+    return g
 
 
 def lerp_(a, b, w):
@@ -111,7 +132,8 @@ class Optimizer:
     """Base class: per-parameter hyperparameters, freezing, state, checkpoints, the flat step.
 
     Subclasses define ``_DEFAULTS`` (the constructor's hyperparameters, in
-    order), ``_check`` (validates one full hyperparameter dict), ``_state_keys``
+    order), ``_OPTIONS`` (each hyperparameter's check, in the order ``_check``
+    applies them; a subclass may extend ``_check``), ``_state_keys``
     (the buffers a parameter's state holds), ``_init_state`` (a fresh state)
     and ``_update`` (one step of one parameter, or of the whole flat buffer).
     One with a fused C update also defines ``_fusable`` (whether hyperparameters
@@ -124,6 +146,11 @@ class Optimizer:
     """
 
     _DEFAULTS = {}
+    _OPTIONS = {}
+
+    def _check(self, h, where):
+        """A full hyperparameter dict ``h`` checked and normalized, option by option."""
+        return {k: check(where, k, h[k]) for k, check in self._OPTIONS.items()}
 
     def __init__(self, params, hyper, options=None, frozen=None, unknown=None):
         name = type(self).__name__

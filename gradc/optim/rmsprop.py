@@ -8,7 +8,7 @@ Example::
 """
 import numpy as np
 
-from .optimizer import Optimizer, flag_option, lerp_, real_option, register
+from .optimizer import Optimizer, flag_option, lerp_, nonnegative_option, register, regularized_grad
 
 
 def rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffers, *, lr, alpha, eps, weight_decay=0.0,
@@ -24,11 +24,7 @@ def rmsprop(params, grads, square_avgs, grad_avgs, momentum_buffers, *, lr, alph
         rmsprop(ps, gs, v, [None] * len(ps), [None] * len(ps), lr=1e-2, alpha=0.99, eps=1e-8)
     """
     for i, p in enumerate(params):
-        g = grads[i]
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            g = g + weight_decay * p
+        g = regularized_grad(p, grads[i], weight_decay, maximize)
         v = square_avgs[i]
         v *= alpha
         v += (1 - alpha) * g * g
@@ -75,15 +71,9 @@ class RMSprop(Optimizer):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                                       centered=centered, maximize=maximize), options, frozen, unknown)
 
-    @staticmethod
-    def _check(h, where):
-        return dict(lr=real_option(where, "lr", h["lr"], lo=0.0),
-                    alpha=real_option(where, "alpha", h["alpha"], lo=0.0),
-                    eps=real_option(where, "eps", h["eps"], lo=0.0),
-                    weight_decay=real_option(where, "weight_decay", h["weight_decay"], lo=0.0),
-                    momentum=real_option(where, "momentum", h["momentum"], lo=0.0),
-                    centered=flag_option(where, "centered", h["centered"]),
-                    maximize=flag_option(where, "maximize", h["maximize"]))
+    _OPTIONS = dict(lr=nonnegative_option, alpha=nonnegative_option, eps=nonnegative_option,
+                    weight_decay=nonnegative_option, momentum=nonnegative_option, centered=flag_option,
+                    maximize=flag_option)
 
     @staticmethod
     def _state_keys(h):

@@ -10,7 +10,7 @@ Example::
 """
 import numpy as np
 
-from .optimizer import Optimizer, flag_option, real_option, register
+from .optimizer import Optimizer, flag_option, nonnegative_option, real_option, register, regularized_grad
 
 
 def sgd(params, grads, momentum_buffers, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
@@ -26,11 +26,7 @@ def sgd(params, grads, momentum_buffers, *, lr, momentum=0.0, dampening=0.0, wei
         sgd(ps, gs, bufs, lr=0.1, momentum=0.9)       # bufs now hold the momentum
     """
     for i, p in enumerate(params):
-        g = grads[i]
-        if maximize:
-            g = -g
-        if weight_decay != 0:
-            g = g + weight_decay * p
+        g = regularized_grad(p, grads[i], weight_decay, maximize)
         if momentum != 0:
             buf = momentum_buffers[i]
             if buf is None:
@@ -67,14 +63,11 @@ class SGD(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize), options, frozen, unknown)
 
-    @staticmethod
-    def _check(h, where):
-        out = dict(lr=real_option(where, "lr", h["lr"], lo=0.0),
-                   momentum=real_option(where, "momentum", h["momentum"], lo=0.0),
-                   dampening=real_option(where, "dampening", h["dampening"]),
-                   weight_decay=real_option(where, "weight_decay", h["weight_decay"], lo=0.0),
-                   nesterov=flag_option(where, "nesterov", h["nesterov"]),
-                   maximize=flag_option(where, "maximize", h["maximize"]))
+    _OPTIONS = dict(lr=nonnegative_option, momentum=nonnegative_option, dampening=real_option,
+                    weight_decay=nonnegative_option, nesterov=flag_option, maximize=flag_option)
+
+    def _check(self, h, where):
+        out = super()._check(h, where)
         if out["nesterov"] and (out["momentum"] <= 0 or out["dampening"] != 0):
             raise ValueError(f"{where}: option 'nesterov' requires momentum > 0 and dampening == 0")
         return out
