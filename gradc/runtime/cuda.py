@@ -64,6 +64,11 @@ class DeviceParams:
     """A model's parameters in GPU memory: one flat ``DeviceArray`` laid out as ``Params.flat``.
 
     Made by ``mod.to_device(params)``; ``mod.to_host(dp)`` copies them back.
+
+    Example::
+
+        dp = mod.to_device(p)           # a DeviceParams
+        mod.sgd_step(dp, 0.1, x=X, y=Y)
     """
 
     def __init__(self, compiled, flat):

@@ -54,11 +54,17 @@ class ParamMeta:
 
     @classmethod
     def from_json(cls, d):
-        """The record of one entry of the JSON's ``params`` list."""
+        """The record of one entry of the JSON's ``params`` list.
+
+        Example: ``ParamMeta.from_json({"name": "b", "shape": [4], "offset": 8, "size": 4, "init": {...}})``.
+        """
         return cls(d["name"], d["shape"], d["offset"], d["size"], d["init"])
 
     def to_json(self):
-        """The JSON dict: ``{"name", "shape", "offset", "size", "init"}``."""
+        """The JSON dict: ``{"name", "shape", "offset", "size", "init"}``.
+
+        Example: ``meta.param("b").to_json()["offset"]  # 8``.
+        """
         return dict(name=self.name, shape=list(self.shape), offset=self.offset, size=self.size,
                     init=dict(self.init))
 
@@ -82,16 +88,25 @@ class ArgMeta:
 
     @property
     def is_int(self):
-        """Whether the argument is passed as int32 (ids, class labels)."""
+        """Whether the argument is passed as int32 (ids, class labels).
+
+        Example: ``[a.name for a in meta.inputs if a.is_int]  # ['user', 'item']``.
+        """
         return self.dtype == INT32
 
     @classmethod
     def from_json(cls, d):
-        """The record of one entry of the JSON's ``inputs`` or ``targets`` list."""
+        """The record of one entry of the JSON's ``inputs`` or ``targets`` list.
+
+        Example: ``ArgMeta.from_json({"name": "u", "shape": [], "dtype": "int32"}).is_int  # True``.
+        """
         return cls(d["name"], d["shape"], d["dtype"], d.get("dropout"))
 
     def to_json(self):
-        """The JSON dict: ``{"name", "shape", "dtype"}``, and ``"dropout"`` for a mask."""
+        """The JSON dict: ``{"name", "shape", "dtype"}``, and ``"dropout"`` for a mask.
+
+        Example: ``ArgMeta("drop", (8,), "real", 0.25).to_json()["dropout"]  # 0.25``.
+        """
         d = dict(name=self.name, shape=list(self.shape), dtype=self.dtype)
         if self.dropout is not None:
             d["dropout"] = self.dropout
@@ -109,11 +124,14 @@ class OutputMeta:
 
     @classmethod
     def from_json(cls, d):
-        """The record of one entry of the JSON's ``outputs`` list."""
+        """The record of one entry of the JSON's ``outputs`` list.
+
+        Example: ``OutputMeta.from_json({"name": "z", "shape": [4]}).shape  # (4,)``.
+        """
         return cls(d["name"], d["shape"])
 
     def to_json(self):
-        """The JSON dict: ``{"name", "shape"}``."""
+        """The JSON dict: ``{"name", "shape"}``. Example: ``OutputMeta("z", (4,)).to_json()``."""
         return dict(name=self.name, shape=list(self.shape))
 
 
@@ -163,7 +181,10 @@ class ModuleMeta:
 
     @classmethod
     def from_json(cls, d):
-        """The record of a JSON dict as a build stores it (or as ``to_json`` writes it)."""
+        """The record of a JSON dict as a build stores it (or as ``to_json`` writes it).
+
+        Example: ``ModuleMeta.from_json(json.load(open(os.path.join(entry, "meta.json"))))``.
+        """
         known = {"name", "prefix", "dtype", "params", "n_params", "inputs", "targets", "outputs",
                  "int_bounds", *_OPTIONAL, *BUILD_KEYS}
         return cls(
@@ -175,7 +196,10 @@ class ModuleMeta:
             build={k: d[k] for k in BUILD_KEYS if k in d}, extra={k: v for k, v in d.items() if k not in known})
 
     def to_json(self):
-        """The JSON dict (lists, dicts, strings and numbers), as the build stores it."""
+        """The JSON dict (lists, dicts, strings and numbers), as the build stores it.
+
+        Example: ``json.dumps(meta.to_json(), sort_keys=True)``.
+        """
         d = dict(name=self.name, prefix=self.prefix, dtype=self.dtype,
                  params=[p.to_json() for p in self.params], n_params=self.n_params,
                  inputs=[a.to_json() for a in self.inputs], targets=[a.to_json() for a in self.targets],
