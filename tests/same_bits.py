@@ -38,8 +38,8 @@ def models(n_fuzz):
             if isinstance(v, Model):
                 yield f"{os.path.relpath(path, ROOT)}:{k}", v
     if n_fuzz:
-        import fuzzgen
-        for i, case in enumerate(fuzzgen.sample_cases(n_fuzz, label="same_bits")):
+        import fuzz
+        for i, case in enumerate(fuzz.sample_cases(n_fuzz, label="same_bits")):
             try:
                 yield f"fuzz{i}", case.build()
             except Exception:        # a case whose loss cancels out is skipped by the fuzz tests too

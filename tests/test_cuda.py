@@ -206,14 +206,14 @@ def test_bad_arguments_are_refused_as_for_the_c_target(emulate):
 @pytest.mark.skipif(GXX is None, reason="g++ is not installed")
 def test_emulated_cuda_equals_the_c_target_on_random_models(emulate):
     sys.path.insert(0, os.path.dirname(__file__))
-    import fuzzgen
-    cases = fuzzgen.sample_cases(20, label="cuda")
+    import fuzz
+    cases = fuzz.sample_cases(20, label="cuda")
     failures = []
     for j, case in enumerate(cases):
         m = case.build()
         mc = gradc.compile_model(m, "float64")
         mg = gradc.compile_model(m, "float64", target="cuda")
-        params, inputs, targets = fuzzgen.draw_values(case, np.random.default_rng(j))
+        params, inputs, targets = fuzz.draw_values(case, np.random.default_rng(j))
         p = mc.init_params(seed=0)
         for k, v in params.items():
             p[k] = v

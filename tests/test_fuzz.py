@@ -1,6 +1,6 @@
 """Property-based fuzzing: random well-formed models, compiled and checked.
 
-``fuzzgen.fuzz_models()`` (a hypothesis strategy) writes small random models
+``fuzz.fuzz_models()`` (a hypothesis strategy) writes small random models
 with the public API: random DAGs of every supported function over scalar and
 indexed stages, ``sp.Sum`` reductions, ``@``, gathers by int32 inputs,
 several outputs, regularization. For each model:
@@ -11,7 +11,7 @@ several outputs, regularization. For each model:
     record of every element as a SymPy expression (not gradc's lowering);
 (c) on every 5th model, the float32 build matches the float64 build (1e-3).
 
-The default run checks 50 models: a fixed list (``fuzzgen.sample_cases``, the
+The default run checks 50 models: a fixed list (``fuzz.sample_cases``, the
 same generator driven by a seeded ``random.Random``, steered to cover every
 operation), so CI is deterministic; they run in parallel over the available
 cores (``GRADC_FUZZ_JOBS``). The slow tests check 1,000 more models the same way
@@ -32,7 +32,7 @@ pytest.importorskip("hypothesis")
 import gradc as gc  # noqa: E402
 from hypothesis import HealthCheck, given, reject, settings  # noqa: E402
 
-import fuzzgen  # noqa: E402
+import fuzz  # noqa: E402
 
 N_DEFAULT = int(os.environ.get("GRADC_FUZZ_MODELS", "50"))
 N_SLOW = int(os.environ.get("GRADC_FUZZ_SLOW_MODELS", "1000"))
@@ -48,8 +48,8 @@ def _fail(case, status, msg):
 @pytest.fixture(scope="module")
 def default_run():
     """Every default model checked once, in parallel: {index: (case, status, message)}."""
-    cases = fuzzgen.sample_cases(N_DEFAULT, label="default")
-    return {i: (cases[i], status, msg) for i, status, msg, _ in fuzzgen.run_cases(cases)}
+    cases = fuzz.sample_cases(N_DEFAULT, label="default")
+    return {i: (cases[i], status, msg) for i, status, msg, _ in fuzz.run_cases(cases)}
 
 
 @pytest.mark.parametrize("i", range(N_DEFAULT))
@@ -64,15 +64,15 @@ def test_default_models_cover_the_generator(default_run):
                     "logsumexp", "softmax", "output", "regularize", "materialize", "stack", "transpose",
                     "style_lazy", "style_define", "style_map", "loss_xent_int"):
         assert feature in seen, f"no default model exercises {feature!r}"
-    unary = {u[0] for u in fuzzgen.UNARY} | {"pos_" + u[0] for u in fuzzgen.POS_UNARY}
-    nary = {o[0] for o in fuzzgen.NARY}
+    unary = {u[0] for u in fuzz.UNARY} | {"pos_" + u[0] for u in fuzz.POS_UNARY}
+    nary = {o[0] for o in fuzz.NARY}
     assert len(seen & unary) >= 0.8 * len(unary), f"default models miss {sorted(unary - seen)}"
     assert len(seen & nary) >= 0.8 * len(nary), f"default models miss {sorted(nary - seen)}"
 
 
 def test_oracle_is_independent_of_gradc():
     """The oracle's expressions hold only element symbols and SymPy functions: no gradc tensors or stages."""
-    case = fuzzgen.sample_cases(1, label="oracle")[0]
+    case = fuzz.sample_cases(1, label="oracle")[0]
     exprs = [case.loss, case.reg] + [e for _, el in case.outputs for e in el.ravel()] + \
         [e for _, el in case.lets for e in el.ravel()]
     names = {s.name for e in exprs for s in e.free_symbols}
@@ -84,9 +84,9 @@ def test_oracle_is_independent_of_gradc():
 def test_1000_random_models():
     """N_SLOW models (default 1,000); every one is checked, failures are listed together at the end."""
     t0 = time.perf_counter()
-    cases = fuzzgen.sample_cases(N_SLOW, label="slow")
+    cases = fuzz.sample_cases(N_SLOW, label="slow")
     counts, failures = {"passed": 0, "failed": 0, "skipped": 0}, []
-    for done, (i, status, msg, dt) in enumerate(fuzzgen.run_cases(cases), 1):
+    for done, (i, status, msg, dt) in enumerate(fuzz.run_cases(cases), 1):
         counts[status] += 1
         if status == "failed":
             failures.append((i, msg))
@@ -102,11 +102,11 @@ def test_1000_random_models():
 @pytest.mark.slow
 @settings(max_examples=int(os.environ.get("GRADC_FUZZ_SHRINK_MODELS", "100")), deadline=None,
           derandomize=True, database=None, suppress_health_check=list(HealthCheck))
-@given(case=fuzzgen.fuzz_models())
+@given(case=fuzz.fuzz_models())
 def test_random_models_hypothesis_shrinks(case):
     """The same check driven by hypothesis itself: a failure is shrunk to a small model before it is shown."""
     try:
-        fuzzgen.check_case(case)
+        fuzz.check_case(case)
     except gc.ModelError as e:
         if "depends on no parameter" not in str(e):
             raise

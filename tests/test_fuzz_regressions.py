@@ -2,7 +2,7 @@
 
 A test marked ``xfail(strict=True, reason="BUG: ...")`` is a compiler bug still
 present: when it is fixed the test XPASSes, which fails the run, so remove the
-mark then, and drop the construct's name from ``fuzzgen.KNOWN_BUGS`` so that the
+mark then, and drop the construct's name from ``fuzz.KNOWN_BUGS`` so that the
 fuzzer generates it again.
 
 The expected values are worked out by hand in each docstring; nothing here
@@ -16,7 +16,7 @@ import sympy as sp
 
 import gradc as gc
 
-import fuzzgen
+import fuzz
 
 
 def test_every_known_bug_has_a_regression_test():
@@ -24,7 +24,7 @@ def test_every_known_bug_has_a_regression_test():
              "piecewise_condition_ite": test_regression_piecewise_condition_on_a_piecewise_value,
              "floor_of_expression": test_regression_floor_of_an_expression_of_a_parameter,
              "abs_of_integer": test_regression_abs_of_an_int32_input}
-    assert set(fuzzgen.KNOWN_BUGS) <= set(names), set(fuzzgen.KNOWN_BUGS) - set(names)
+    assert set(fuzz.KNOWN_BUGS) <= set(names), set(fuzz.KNOWN_BUGS) - set(names)
 
 
 def test_regression_nested_sum_reusing_the_outer_index_name():
