@@ -36,7 +36,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 import gradc  # noqa: E402
-import workloads as W  # noqa: E402
+from workload_bench.definitions import generate_data, load_data, workloads  # noqa: E402
+from workload_bench.peers.torch_peer import torch_mf, torch_mlp  # noqa: E402
 
 TOL = {"float64": 1e-10, "float32": 1e-4}
 SEVERAL = {"risk": ("logreg", "mlp")}
@@ -145,7 +146,7 @@ def torch_gpu_step(wl):
     dev = torch.device("cuda")
     tdt = getattr(torch, wl.dtype)
     if wl.kind == "mf":
-        params, loss_of, batches = W.torch_mf(wl, torch, dev)
+        params, loss_of, batches = torch_mf(wl, torch, dev)
         opt = torch.optim.SGD(params, lr=wl.lr)
 
         def step(k):
@@ -156,7 +157,7 @@ def torch_gpu_step(wl):
             return loss.item()
         return step, f"PyTorch {torch.__version__} on {torch.cuda.get_device_name(0)}"
     F = torch.nn.functional
-    net = W.torch_mlp(wl, torch, dev)
+    net = torch_mlp(wl, torch, dev)
     opt = torch.optim.SGD(net.parameters(), lr=wl.lr)
     batches = [(torch.tensor(X, dtype=tdt), torch.tensor(y, dtype=torch.int64)) for X, y in wl.mlp_batches()]
 
@@ -224,13 +225,13 @@ def main(argv=None):
                   f"(built in {r['build_s']:.1f} s)", flush=True)
     timing = []
     if not args.no_timing:
-        wls = {w.id: w for w in W.workloads()}
+        wls = {w.id: w for w in workloads()}
         for wid in ("W3", "W5"):
             wl = wls[wid]
             if args.data:
-                W.load_data(wl, args.data)
+                load_data(wl, args.data)
             else:
-                W.generate_data(wl)
+                generate_data(wl)
             timing.append(time_workload(wl, args.steps, args.warmup))
             t = timing[-1]
             print(f"  {wid}: gradc cuda {t['gradc_cuda']:.1f} us, PyTorch cuda {us(t['torch_cuda'])}, "

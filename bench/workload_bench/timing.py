@@ -1,0 +1,130 @@
+"""How a framework's training step is run, checked and timed.
+
+A peer's builder returns a ``Runner`` (``step(k)`` runs training step k) or raises ``Skip``.
+``check`` compares each runner's losses over the first steps with gradc's; ``time_steps`` times the
+runners interleaved in shuffled rounds; ``time_parts`` times the pieces of gradc's step;
+``gemm_rate`` measures the machine's single-thread GEMM rate for scale.
+"""
+import gc
+import math
+import random
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class Skip(Exception):
+    """A peer that cannot run here (not installed, not applicable); the message says why."""
+
+
+@dataclass
+class Runner:
+    """One framework on one workload: ``step(k)`` runs training step k and returns its loss handle."""
+    name: str
+    step: object
+    value: object = float           # loss handle -> float
+    sync: object = None             # waits for an asynchronous step to finish
+    compile_s: float = None
+    warm_s: float = None
+    dtype: str = ""
+    note: str = ""
+    k: int = 0                      # the next step index
+    parts: dict = None              # gradc: the pieces of a step, timed apart
+
+    def run(self, n, times=None):
+        step, sync = self.step, self.sync
+        clock = time.perf_counter_ns
+        last = None
+        for _ in range(n):
+            k = self.k
+            t0 = clock()
+            last = step(k)
+            if sync is not None:
+                sync(last)
+            t1 = clock()
+            self.k = k + 1
+            if times is not None:
+                times.append((t1 - t0) * 1e-3)
+        return last
+
+
+def gemm_rate(dtype, n=1024, reps=7):
+    """Single-thread GEMM rate (GFLOP/s, median of ``reps``) of numpy's BLAS."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n)).astype(dtype), rng.random((n, n)).astype(dtype)
+    c = a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=c)
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def check(runners, steps, mg_steps):
+    """Each runner's losses over the first steps from the shared init; compared with gradc's."""
+    traj = {}
+    for r in runners:
+        n = mg_steps if r.name == "micrograd" else steps
+        losses, times = [], []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            losses.append(r.value(r.run(1)))
+            times.append(time.perf_counter() - t0)
+        traj[r.name] = (losses, times)
+    ref = traj["gradc"][0]
+    out = {}
+    gdt = runners[0].dtype
+    for r in runners[1:]:
+        losses = traj[r.name][0]
+        tol = 1e-10 if gdt == "float64" and r.dtype == "float64" else 1e-4
+        rel = max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(losses, ref))
+        ok = all(math.isfinite(a) for a in losses) and rel <= tol
+        out[r.name] = dict(steps=len(losses), loss=losses[-1], gradc_loss=ref[len(losses) - 1], rel=rel, tol=tol,
+                           ok=bool(ok), first_step_s=traj[r.name][1][0])
+    return out, traj
+
+
+def time_steps(runners, counts, rounds, seed):
+    """Per-step times (µs) of each runner; the runners take turns in blocks, in a shuffled order per round."""
+    times = {r.name: [] for r in runners}
+    order = list(runners)
+    rng = random.Random(seed)
+    gc_was = gc.isenabled()
+    try:
+        for rnd in range(rounds):
+            rng.shuffle(order)
+            for r in order:
+                total = counts[r.name]
+                n = total * (rnd + 1) // rounds - total * rnd // rounds
+                if not n:
+                    continue
+                gc.collect()
+                if r.name != "micrograd":          # micrograd's graphs are cycles: let the collector run
+                    gc.disable()
+                r.run(n, times[r.name])
+                gc.enable()
+    finally:
+        if gc_was:
+            gc.enable()
+    return times
+
+
+def time_parts(parts, n, rounds=10):
+    """Median µs of each zero-argument callable, interleaved in ``rounds`` blocks."""
+    times = {k: [] for k in parts}
+    clock = time.perf_counter_ns
+    gc.disable()
+    try:
+        for rnd in range(rounds):
+            for k, f in parts.items():
+                m = n * (rnd + 1) // rounds - n * rnd // rounds
+                for _ in range(m):
+                    t0 = clock()
+                    f()
+                    times[k].append((clock() - t0) * 1e-3)
+    finally:
+        gc.enable()
+    return {k: statistics.median(v) for k, v in times.items() if v}
