@@ -279,7 +279,7 @@ def test_the_emulation_catches_a_kernel_whose_threads_write_one_element(emulate,
     loop variable 'owned', so threads that differ in a reduction index write one element)."""
     from gradc.codegen import c, cuda
     monkeypatch.setenv("GRADC_CACHE_DIR", str(tmp_path / "cache"))   # this broken build stays here,
-    monkeypatch.setattr(c, "_digest", ["a deliberately broken generator"])   # under a key of its own
+    monkeypatch.setattr(c, "_digest", {"cuda": "a deliberately broken generator"})   # a key of its own
     monkeypatch.setattr(cuda._CudaBuilder, "_owned", lambda self, ups, loop_syms: list(loop_syms))
     mg = gradc.load(os.path.join(EXAMPLES, "digits", "model.py"), target="cuda")
     data = random_batch(mg, 5, np.random.default_rng(0), "float64")

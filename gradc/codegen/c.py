@@ -661,7 +661,8 @@ class _Builder:
                 [n for a in adjs if a.stage.scope == "batch" for n in self.backward_nest(a)])
 
     def decls(self, used, backward, outputs=()):
-        """Pointer declarations (type, name, offset expression) for the arrays in ``used``, in a stable order."""
+        """Pointer declarations (type, name, offset expression) for the arrays in ``used`` (None: all),
+        in a stable order."""
         prog, L = self.prog, self.layout
         MU = self.model.upper()
         out = []
@@ -684,7 +685,7 @@ class _Builder:
             off = L["lanes_in"][t.name].c()
             out.append(("int32_t", pre + self.c[t.name], f"wsi + {off}") if t.dtype == INT
                        else (self.rt, pre + self.c[t.name], f"ws + {off}"))
-        return [d for d in out if d[1] in used]
+        return out if used is None else [d for d in out if d[1] in used]
 
     def gathers(self, used):
         """Copies of the inputs and targets whose block buffers ``used`` holds, sample-innermost."""

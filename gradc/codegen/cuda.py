@@ -26,21 +26,27 @@ from dataclasses import dataclass
 
 import sympy as sp
 
+from .. import abi
 from ..autodiff import adjoint_symbol
 from ..ir import INT, unflat
 from ..simplify import cse_block, live_stages
-from .c import DTYPES, Source, _Builder, _templates, _texts
+from . import kir
+from .c import DTYPES, Source, _Builder, helper_functions, stage_comment, templates
+from .kir import (Accumulate, AllSamples, Assign, ChunkLoop, Decl, Decode, Expr, Loop, MaxInto, OverChunks,
+                  Range, Var, lit)
 
 CHUNK = 32          # samples per partial sum in a reduction over the batch
 
 
 @dataclass
 class Kernel:
+    """One kernel: ``items`` threads (a C expression), each finding its indices by ``decode`` and
+    running ``body`` (kernel-IR statements) over the pointers ``decls``."""
     name: str
     comment: str
     items: str              # C expression: the number of threads
-    decode: list            # lines that compute the thread's indices from t_
-    body: list              # statements (the C target's statement tuples)
+    decode: Decode          # how a thread's indices follow from t_
+    body: tuple             # kernel-IR statements
     decls: list = None      # (type, name, init) pointers the body uses
 
 
@@ -60,27 +66,16 @@ class _CudaBuilder(_Builder):
 
     # ---- helpers -------------------------------------------------------
     def _kernel(self, comment, items, decode, body):
-        k = Kernel(f"{self.model}_k{len(self.kernels)}", comment, items, decode, body)
+        k = Kernel(f"{self.model}_k{len(self.kernels)}", comment, items, decode, tuple(body))
         self.kernels.append(k)
         return k
 
     @staticmethod
     def _decode(vars_, per_sample, chunked=False):
-        """Lines that split the thread index t_ into the sample b (fastest), the chunk ch_ and the
-        loop variables ``vars_`` [(C name, extent)], the first slowest."""
-        parts = ([("b", "n")] if per_sample else []) + ([("ch_", "nch_")] if chunked else []) + list(reversed(vars_))
-        if not parts:
-            return []
-        if len(parts) == 1:
-            lines = [f"const int {parts[0][0]} = (int)t_;"]
-        else:
-            lines = ["long r_ = t_;"]
-            for j, (name, ext) in enumerate(parts):
-                if j < len(parts) - 1:
-                    lines += [f"const int {name} = (int)(r_ % {ext});", f"r_ /= {ext};"]
-                else:
-                    lines.append(f"const int {name} = (int)r_;")
-        return lines + [f"(void){name};" for name, _ in parts]
+        """How the thread index t_ splits into the sample b (fastest), the chunk ch_ and the loop
+        variables ``vars_`` [(C name, extent)], the first slowest."""
+        return Decode(tuple(([("b", "n")] if per_sample else []) + ([("ch_", "nch_")] if chunked else [])
+                            + list(reversed(vars_))))
 
     @staticmethod
     def _count(vars_, per_sample, chunked=False):
@@ -93,11 +88,10 @@ class _CudaBuilder(_Builder):
 
     @staticmethod
     def _loops(vars_, stmts):
-        """Nest ``stmts`` in sequential loops over vars_ [(name, extent)]."""
-        out = stmts
-        for v, ext in reversed(vars_):
-            out = [("for", v, ext, out)]
-        return out
+        """``stmts`` in sequential loops over vars_ [(name, extent)], the first outermost."""
+        if not vars_:
+            return list(stmts)
+        return [Loop(tuple(Range(v, ext) for v, ext in vars_), tuple(stmts))]
 
     # ---- forward -------------------------------------------------------
     def forward(self, st):
@@ -114,26 +108,25 @@ class _CudaBuilder(_Builder):
         lanes = st.scope == "sample"
         red_vars = [k for k, _ in st.red]
         pr, names = self.printer(list(st.idx) + red_vars)
+        comment = stage_comment(st, self.c, names)
         if st.elements is not None:
             temps, vals = cse_block(st.elements)
             outer, _ = self._temps(pr, names, temps, [])
-            body = outer + [("set", pr.flat(st.name, unflat(e, t.shape)), pr.doprint(v)) for e, v in enumerate(vals)]
-            return self._kernel(f"{self.c[st.name]} (unrolled)", self._count([], lanes),
-                                self._decode([], lanes), body)
+            body = outer + [Assign(pr.ref(st.name, unflat(e, t.shape)), pr.expr(v)) for e, v in enumerate(vals)]
+            return self._kernel(comment, self._count([], lanes), self._decode([], lanes), body)
         outs = [(names[k], n) for k, n in zip(st.idx, t.shape)]
         temps, (val,) = cse_block([st.body])
         outer, inner = self._temps(pr, names, temps, red_vars)
-        target = pr.flat(st.name, st.idx)
+        target = pr.ref(st.name, st.idx)
         if st.op == "assign":
-            body = outer + [("set", target, pr.doprint(val))]
+            body = outer + [Assign(target, pr.expr(val))]
         else:
-            init = "0" if st.op == "sum" else ("-HUGE_VALF" if self.dtype == "float32" else "-HUGE_VAL")
-            step = [("add", "acc_", pr.doprint(val))] if st.op == "sum" else \
-                [("decl", "v_", pr.doprint(val)), ("max", "acc_", "v_")]
-            body = outer + [("var", "acc_", init)] + \
-                self._loops([(names[k], n) for k, n in st.red], inner + step) + [("set", target, "acc_")]
-        return self._kernel(f"{self.c[st.name]}" + (f": {st.op}" if st.red else ""), self._count(outs, lanes),
-                            self._decode(outs, lanes), body)
+            init = lit("0") if st.op == "sum" else self._max_init()
+            step = [Accumulate(lit("acc_"), pr.expr(val))] if st.op == "sum" else \
+                [Decl("v_", pr.expr(val)), MaxInto("acc_", lit("v_"))]
+            body = outer + [Var("acc_", init)] + \
+                self._loops([(names[k], n) for k, n in st.red], inner + step) + [Assign(target, lit("acc_"))]
+        return self._kernel(comment, self._count(outs, lanes), self._decode(outs, lanes), body)
 
     # ---- backward ------------------------------------------------------
     def backward(self, adj):
@@ -179,9 +172,10 @@ class _CudaBuilder(_Builder):
         temps, vals = cse_block([u.expr for u in ups])
         for sym, _ in temps:
             names.setdefault(sym, f"c{len(names)}")
-        decls = [("decl", names[sym], pr.doprint(e)) for sym, e in temps]
-        adds = [("add", pr.flat(adj, u.idx), pr.doprint(v)) for u, v in zip(ups, vals)]
-        label = f"d/d {self.c[st.name]} -> {self.c.get(tensor, tensor)}"
+        decls = [Decl(names[sym], pr.expr(e)) for sym, e in temps]
+        adds = [Accumulate(pr.ref(adj, u.idx), pr.expr(v)) for u, v in zip(ups, vals)]
+        label = stage_comment(st, self.c, {k: names[k] for k in loop_syms if k in names},
+                              f"backward into {self.c.get(tensor, tensor)}")
         simple = self._simple(ups, loop_syms)
         owned = self._owned(ups, loop_syms)
         rest = [(names[k], n) for k, n in loops if k not in owned]
@@ -189,8 +183,8 @@ class _CudaBuilder(_Builder):
         if blocked:
             # a per-sample adjoint: the sample's thread owns its elements
             if simple:
-                body = [("var", "acc_", "0")] + self._loops(rest, decls + [("add", "acc_", adds[0][2])]) + \
-                    [("add", adds[0][1], "acc_")]
+                body = [Var("acc_", lit("0"))] + self._loops(rest, decls + [Accumulate(lit("acc_"), adds[0].value)]) + \
+                    [Accumulate(adds[0].target, lit("acc_"))]
                 self._kernel(label, self._count(own, True), self._decode(own, True), body)
             else:
                 self._kernel(label + " (sample by sample)", self._count(own, True), self._decode(own, True),
@@ -203,20 +197,20 @@ class _CudaBuilder(_Builder):
                 E *= n
             self.max_partial = max(self.max_partial, E)
             e_expr = " + ".join([f"{v} * {_stride(own, j)}" for j, (v, _) in enumerate(own)]) or "0"
-            body1 = [("var", "acc_", "0"),
-                     ("chunk", self._loops(rest, decls + [("add", "acc_", adds[0][2])])),
-                     ("set", f"part_[(long)ch_ * {E} + ({e_expr})]", "acc_")]
+            body1 = [Var("acc_", lit("0")),
+                     ChunkLoop(tuple(self._loops(rest, decls + [Accumulate(lit("acc_"), adds[0].value)]))),
+                     Assign(Expr(f"part_[(long)ch_ * {E} + ({e_expr})]", {"part_"}), lit("acc_"))]
             self._kernel(label + ": partial sums over chunks of samples", self._count(own, False, True),
                          self._decode(own, False, True), body1)
-            body2 = [("var", "acc_", "0"), ("over_chunks", f"part_[(long)c_ * {E} + ({e_expr})]"),
-                     ("add", adds[0][1], "acc_")]
+            body2 = [Var("acc_", lit("0")), OverChunks(Expr(f"part_[(long)c_ * {E} + ({e_expr})]", {"part_"})),
+                     Accumulate(adds[0].target, lit("acc_"))]
             self._kernel(label + ": the chunks in order", self._count(own, False), self._decode(own, False), body2)
             return
         # a scatter (an index read through an int32 input) or an irregular index: threads own what
         # they can, the samples and the other loops run in order inside each
         body = self._loops(rest, decls + adds)
         if lanes:
-            body = [("samples", body)]
+            body = [AllSamples(tuple(body))]
         self._kernel(label + (" (samples in order)" if lanes else ""), self._count(own, False),
                      self._decode(own, False), body)
 
@@ -249,23 +243,8 @@ def _stride(own, j):
     return s
 
 
-def _stmts_text(stmts):
-    out = []
-    for s in stmts:
-        if s[0] == "for":
-            out.append(_stmts_text(s[3]))
-        elif s[0] in ("chunk", "samples"):
-            out.append(_stmts_text(s[1]))
-        elif s[0] == "over_chunks":
-            out.append(s[1])
-        else:
-            out.append(_texts([s]))
-    return " ".join(out)
-
-
 def render_cuda(prog, grad, dtype="float64"):
     """Render ``prog`` (with its ``grad``) as CUDA source (``.c`` holds the .cu text), header and cffi cdef."""
-    import re
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be float32 or float64, not {dtype!r}")
     B = _CudaBuilder(prog, grad, dtype)
@@ -276,11 +255,9 @@ def render_cuda(prog, grad, dtype="float64"):
                                  ("loss_grad", [prog.loss, prog.reg], True)):
         funcs[key] = B.plan(roots, backward)
     kernels = B.kernels
-    all_decls = B.decls(set(prog.tensors) | {a.stage.name for a in grad.adjoints}, True, prog.outputs)
-    used_all = set()
+    all_decls = B.decls(None, True)
     for k in kernels:
-        used = set(re.findall(r"[A-Za-z_]\w*", _stmts_text(k.body)))
-        used_all |= {re.sub(r"f$", "", u) for u in used}
+        used = kir.arrays(k.body)
         k.decls = [d for d in all_decls if d[1] in used]
     L = B.layout
     outputs = [dict(name=c[o], size=prog.tensors[o].size, offset=L["values"][o].c(), blocked=B.blocked(o))
@@ -311,11 +288,11 @@ def render_cuda(prog, grad, dtype="float64"):
         inputs=[s for s in staged if s["kind"] == "input"], targets=[s for s in staged if s["kind"] == "target"],
         loss="V_" + c[prog.loss], loss_adj="D_" + c[prog.loss], loss_per_sample=loss_st.scope == "sample",
         reg=("V_" + c[prog.reg]) if prog.reg else None, reg_adj=("D_" + c[prog.reg]) if prog.reg else None,
-        used=used_all, loss_off=L["values"][prog.loss].c(), loss_adj_off=adj_off[prog.loss].c(),
+        helpers=helper_functions(B.helpers, dtype), errors=abi.error_codes("cuda"), loss_off=L["values"][prog.loss].c(), loss_adj_off=adj_off[prog.loss].c(),
         reg_off=L["values"][prog.reg].c() if prog.reg else None,
         reg_adj_off=adj_off[prog.reg].c() if prog.reg else None,
     )
-    env = _templates()
+    env = templates()
     cu = env.get_template("cuda/model.cu.j2").render(ctx)
     h = env.get_template("cuda/model.h.j2").render(ctx)
     cdef = env.get_template("cuda/cdef.j2").render(ctx)
