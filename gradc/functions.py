@@ -20,6 +20,7 @@ Example::
     >>> PRIMITIVE_OF[Softplus].helper
     'gc_softplus'
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,7 +145,7 @@ return (x > 0 ? x : {{ lit("0.0") }}) + log1p{{ s }}(exp{{ s }}(-fabs{{ s }}(x))
     Primitive("asinh", sp.asinh, c="asinh", numpy=np.arcsinh),
     Primitive("acosh", sp.acosh, c="acosh", numpy=np.arccosh),
     Primitive("atanh", sp.atanh, c="atanh", numpy=np.arctanh),
-    Primitive("erf", sp.erf, c="erf"),
+    Primitive("erf", sp.erf, c="erf", numpy=np.vectorize(math.erf, otypes=[np.float64])),
     Primitive("floor", sp.floor, c="floor", numpy=np.floor),
     Primitive("ceiling", sp.ceiling, c="ceil", numpy=np.ceil),
 )

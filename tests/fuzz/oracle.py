@@ -6,32 +6,24 @@ per data value (``symbols``; an int32 datum selects rows through a
 ``Piecewise`` over its possible values, ``gather``). Sums, products and gathers
 are expanded by plain Python loops (``emap``, ``scalar_array``); large
 expressions are named as let bindings (``case.lets``). ``oracle(case, params,
-data)`` evaluates them with ``sympy.lambdify`` in numpy (the few functions
-gradc adds, and lambdify's Piecewise/And/Or, get numpy forms here), and
+data)`` evaluates them with ``sympy.lambdify`` in numpy (the functions gradc adds
+take the numpy references of ``gradc.functions.PRIMITIVES``; lambdify's
+Piecewise/And/Or get numpy forms here), and
 ``draw_values`` draws the parameters and the batch a case is checked at.
 
-Nothing here imports gradc or the generator: the generator builds on these
+Nothing here uses gradc's compiler or the generator: the generator builds on these
 helpers, and the checks (checks.py) compare gradc against ``oracle``.
 """
 import functools
-import math
 
 import numpy as np
 import sympy as sp
 
 
 # ---- numpy forms for lambdify -----------------------------------------------------
-def _np_sigmoid(x):
-    x = np.asarray(x, dtype=np.float64)
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
-
-
-def _np_softplus(x):
-    return np.logaddexp(0.0, np.asarray(x, dtype=np.float64))
-
-
-_np_erf = np.vectorize(math.erf, otypes=[np.float64])
+# gradc's own functions (Sigmoid, Softplus, ...) take the numpy reference declared beside them in
+# gradc's primitives table: data, not the compiler (nothing of gradc's lowering or C is used).
+from gradc.functions import numpy_functions  # noqa: E402
 
 
 def _np_select(condlist, choicelist, default=np.nan):
@@ -55,8 +47,8 @@ class _Reducer:
         return functools.reduce(self.ufunc, [np.asarray(i) for i in items])
 
 
-ORACLE_MODULES = [{"Sigmoid": _np_sigmoid, "Softplus": _np_softplus, "erf": _np_erf, "select": _np_select,
-                   "logical_and": _Reducer(np.logical_and), "logical_or": _Reducer(np.logical_or)},
+ORACLE_MODULES = [dict(numpy_functions(), select=_np_select, logical_and=_Reducer(np.logical_and),
+                       logical_or=_Reducer(np.logical_or)),
                   "numpy"]
 
 
