@@ -13,7 +13,6 @@ import threading
 
 from .errors import ModelError
 
-_TARGETS = ("c", "cuda")
 _lock = threading.Lock()
 
 
@@ -22,7 +21,7 @@ class _Timeout(BaseException):
     ``except Exception`` does not swallow it)."""
 
 
-def _default_timeout():
+def default_timeout():
     try:
         return float(os.environ.get("GRADC_MODEL_TIMEOUT", "60"))
     except ValueError:
@@ -51,7 +50,7 @@ def load_model_file(path, model=None, timeout=None):
     except SyntaxError as e:
         raise ModelError(f"syntax error: {e.msg}", where=(path, e.lineno or 1)) from None
     ns = {"__name__": "__gradc_model__", "__file__": os.path.abspath(path)}
-    limit = _default_timeout() if timeout is None else float(timeout)
+    limit = default_timeout() if timeout is None else float(timeout)
     alarm = limit > 0 and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
     if alarm:
         def on_alarm(signum, frame):
@@ -145,20 +144,15 @@ def build_model(model_or_prog, dtype="float64", target="c"):
     """Compile (or take from the cache) and return (cache entry folder, meta)."""
     from .build import build
     from .ir import Program
-    if target not in _TARGETS:
-        raise ModelError(f"target must be one of {', '.join(_TARGETS)}, not {target!r}", where=None)
+    from .targets import get_target
+    tgt = get_target(target)
     if dtype not in ("float32", "float64"):
         raise ModelError(f"dtype must be float32 or float64, not {dtype!r}", where=None)
     prog = model_or_prog if isinstance(model_or_prog, Program) else lower_model(model_or_prog)
 
     def make_source():
         from .autodiff import differentiate
-        if target == "cuda":
-            from .codegen.cuda import render_cuda
-            src = render_cuda(prog, differentiate(prog), dtype)
-        else:
-            from .codegen.c import render
-            src = render(prog, differentiate(prog), dtype)
+        src = tgt.render(prog, differentiate(prog), dtype)
         return src, module_info(prog, src, dtype, target).to_json()
 
     with _lock:

@@ -105,10 +105,10 @@ def main(argv=None):
 def _load(args):
     import faulthandler
 
-    from .api import _default_timeout, load_model_file
+    from .api import default_timeout, load_model_file
     # a model file stuck inside C code never returns to the interpreter, where the time limit
     # of load_model_file acts: a watchdog thread then ends the process (exit 1) with a traceback
-    limit = _default_timeout()
+    limit = default_timeout()
     watchdog = False
     if limit > 0:
         try:

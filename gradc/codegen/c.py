@@ -293,7 +293,7 @@ def _fixed(pairs):
     return {k: sp.Integer(0) for k, n in pairs if n == 1}
 
 
-class _Builder:
+class Builder:
     """Plans the loop nests. Every per-sample tensor is stored for a block of GC_L samples,
     element-major with the sample innermost (``T[i * GC_L + b]``), so each statement runs in
     an innermost loop over the block's samples that the C compiler vectorizes; parameter
@@ -747,7 +747,7 @@ def render(prog, grad, dtype="float64", inference_only=False):
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be float32 or float64, not {dtype!r}")
-    B = _Builder(prog, grad, dtype, inference_only)
+    B = Builder(prog, grad, dtype, inference_only)
     M = B.model
     outputs = [dict(name=B.c[o], size=prog.tensors[o].size, shape=list(prog.tensors[o].shape),
                     value="V_" + B.c[o], blocked=B.blocked(o)) for o in prog.outputs]

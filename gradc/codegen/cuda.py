@@ -31,7 +31,7 @@ from ..autodiff import adjoint_symbol
 from ..ir import INT, unflat
 from ..simplify import cse_block, live_stages
 from . import kir
-from .c import DTYPES, Source, _Builder, helper_functions, stage_comment, templates
+from .c import DTYPES, Source, Builder, helper_functions, stage_comment, templates
 from .kir import (Accumulate, AllSamples, Assign, ChunkLoop, Decl, Decode, Expr, Loop, MaxInto, OverChunks,
                   Range, Var, lit)
 
@@ -50,7 +50,7 @@ class Kernel:
     decls: list = None      # (type, name, init) pointers the body uses
 
 
-class _CudaBuilder(_Builder):
+class _CudaBuilder(Builder):
     """Plans the kernels of one function."""
 
     def __init__(self, prog, grad, dtype):
