@@ -187,7 +187,7 @@ class TensorExpr:
 
     def sum(self):
         """The sum of all elements, as a SymPy expression (``sp.Sum``)."""
-        idx = [self.model._fresh_index() for _ in self.shape]
+        idx = [self.model.fresh_index() for _ in self.shape]
         if not idx:
             return self.fn()
         return sp.Sum(self.fn(*idx), *[(k, 0, n - 1) for k, n in zip(idx, self.shape)])
@@ -320,11 +320,15 @@ class Model:
         return t.base.label if d.shape == () else t
 
     # ---- definitions --------------------------------------------------
-    def _fresh_index(self):
+    def fresh_index(self):
+        """A new index symbol, distinct from every other in the model (for helpers that build sums):
+        ``k = m.fresh_index(); sp.Sum(W[i, k] * x[k], (k, 0, 9))``."""
         self._n_index += 1
         return sp.Symbol(f"i.{self._n_index}", integer=True)
 
-    def _auto_name(self):
+    def auto_name(self):
+        """A new name for an intermediate tensor a helper defines (``~3``), never a user's name:
+        ``m.define(m.auto_name(), (4,), elements)``."""
         self._n_auto += 1
         return f"~{self._n_auto}"
 
@@ -348,7 +352,7 @@ class Model:
         if isinstance(body, TensorExpr):
             if body.shape != shape:
                 raise ModelError(f"tensor {name!r} declared with shape {shape} but its body has shape {body.shape}")
-            d.idx = tuple(self._fresh_index() for _ in shape)
+            d.idx = tuple(self.fresh_index() for _ in shape)
             d.body = sp.sympify(body.fn(*d.idx))
         elif isinstance(body, sp.MatrixBase) or isinstance(body, (list, tuple)):
             els = list(body) if not isinstance(body, sp.MatrixBase) else list(body)
@@ -359,7 +363,7 @@ class Model:
                 raise ModelError(f"tensor {name!r} has shape {shape} ({n} elements) but {len(els)} expressions were given")
             d.elements = [_scalar(e, f"element of {name!r}") for e in els]
         elif callable(body) and not isinstance(body, sp.Basic):
-            d.idx = tuple(self._fresh_index() for _ in shape)
+            d.idx = tuple(self.fresh_index() for _ in shape)
             d.body = _scalar(body(*d.idx), f"body of {name!r}")
         else:
             if shape != ():
@@ -373,17 +377,18 @@ class Model:
         """``te`` as a named tensor (defining an intermediate one when needed)."""
         if isinstance(te, Tensor):
             return te
-        name = self._auto_name()
+        name = self.auto_name()
         self.define(name, te.shape, te if te.shape else te.fn())
         if getattr(te, "where", None):
             self.defs[-1].where = te.where
         return Tensor(self, self.decls[name])
 
-    def _max_over(self, te):
-        """A stop-gradient max over all elements of ``te`` (a stabilizing shift)."""
+    def max_over(self, te):
+        """A stop-gradient max over all elements of ``te`` (a stabilizing shift), as a rank-0 tensor:
+        ``mx = m.max_over(z)`` then ``sp.exp(z[j] - mx)``."""
         t = self.materialize(te)
-        idx = tuple(self._fresh_index() for _ in t.shape)
-        name = self._auto_name()
+        idx = tuple(self.fresh_index() for _ in t.shape)
+        name = self.auto_name()
         d = Def(name, (), body=t.fn(*idx), op="max",
                 red=tuple((k, n) for k, n in zip(idx, t.shape)), where=user_location())
         sym = self._declare(name, "stage", ())
@@ -397,7 +402,7 @@ class Model:
             raise ModelError(f"mismatched shapes for @: {a.shape} @ {b.shape} (inner sizes {a.shape[-1]} and {b.shape[0]} differ)")
         A, B = self.materialize(a), self.materialize(b)
         K = a.shape[-1]
-        k = self._fresh_index()
+        k = self.fresh_index()
         shape = a.shape[:-1] + b.shape[1:]
         if a.rank == 2 and b.rank == 2:
             fn = lambda i, j: sp.Sum(A.fn(i, k) * B.fn(k, j), (k, 0, K - 1))

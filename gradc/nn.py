@@ -73,7 +73,7 @@ def _as_tensor_expr(x, what):
         # scalar-style elements become one unrolled tensor
         m = current_model()
         els = list(x)
-        name = m._auto_name()
+        name = m.auto_name()
         m.define(name, (len(els),), els)
         return Tensor(m, m.decls[name])
     raise ModelError(f"{what} must be a tensor expression, a Matrix or a list, not {type(x).__name__}")
@@ -86,8 +86,8 @@ def logsumexp(z):
         raise ModelError(f"logsumexp needs a vector, got shape {z.shape}")
     m = z.model
     Z = m.materialize(z)
-    mx = m._max_over(Z)
-    j = m._fresh_index()
+    mx = m.max_over(Z)
+    j = m.fresh_index()
     return mx + sp.log(sp.Sum(sp.exp(Z.fn(j) - mx), (j, 0, Z.shape[0] - 1)))
 
 
@@ -113,7 +113,7 @@ def softmax_cross_entropy(logits, label):
     if isinstance(label, TensorExpr):
         if label.shape != Z.shape:
             raise ModelError(f"mismatched shapes for softmax_cross_entropy: logits {Z.shape}, targets {label.shape}")
-        j = Z.model._fresh_index()
+        j = Z.model.fresh_index()
         return sp.Sum(label.fn(j) * (lse - Z.fn(j)), (j, 0, Z.shape[0] - 1))
     label = sp.sympify(label)
     if not (label.is_integer or label.is_Integer):
