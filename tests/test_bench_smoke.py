@@ -67,3 +67,30 @@ def test_compile_times_bench_formats_its_table():
     rows = [("a", 1.0, "s", 5.0, True), ("b", 2500, "lines", 2000, False)]
     t = ct.table(rows)
     assert "| a | 1.000 s | < 5 s | yes |" in t and "**NO**" in t
+
+
+def _c_lines(path_or_text, width=None):
+    from gradc.api import load_model_file
+    from gradc.autodiff import differentiate
+    from gradc.codegen.c import render
+    from gradc.ir import lower
+    path = path_or_text
+    if width is not None:
+        cw = _bench_module("compile_width")
+        path = os.path.join(width[1], f"mlp{width[0]}.py")
+        with open(path, "w") as f:
+            f.write(cw.MODEL.format(d=cw.INPUT, w=width[0], k=cw.CLASSES))
+    prog = lower(load_model_file(path).spec())
+    return render(prog, differentiate(prog), "float64").c.count("\n")
+
+
+def test_readme_line_counts_are_what_the_generator_writes(tmp_path):
+    """The README's deterministic compile numbers (lines of C) are the generator's, not a stale copy."""
+    import re
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    mnist = int(re.search(r"mnist_mlp/model.py` \(784-256-10\), cold \| [\d.]+ s, ([\d,]+) lines of C", readme)
+                .group(1).replace(",", ""))
+    assert mnist == _c_lines(os.path.join(EXAMPLES, "mnist_mlp", "model.py"))
+    widths = [int(w) for w in re.search(r"\| 32-W-10 MLP, width W \|([^\n]*)", readme).group(1).split("|") if w.strip()]
+    lines = [int(v) for v in re.search(r"\| generated \.c \(lines\) \|([^\n]*)", readme).group(1).split("|") if v.strip()]
+    assert lines == [_c_lines(None, (w, str(tmp_path))) for w in widths]
