@@ -74,5 +74,5 @@ register(Target("c", ".c", "c", builder="gradc.codegen.c:render", compiler="grad
                 description="portable C99, built with the C compiler (cc or $CC)"))
 register(Target("cuda", ".cu", "cuda", builder="gradc.codegen.cuda:render_cuda",
                 compiler="gradc.build:compile_cuda", identity="gradc.build:cuda_identity",
-                runtime="gradc.runtime:CudaModule",
+                runtime="gradc.runtime.cuda:CudaModule",
                 description="CUDA C++ for NVIDIA GPUs, built with nvcc"))

@@ -1,7 +1,8 @@
 """The generated module's Python side: numpy in, numpy out. Imports no SymPy.
 
 A build hands the runtime a ``ModuleMeta`` (``meta.py``); the runtime class of the model's target
-(``RUNTIMES``: ``CModule`` in ``c.py``, ``CudaModule`` in ``cuda.py``) loads the extension and
+(named by the target registry, ``gradc.targets``: ``CModule`` in ``c.py``, ``CudaModule`` in
+``cuda.py``) loads the extension and
 implements the module contract, with parameters as ``Params`` (``params.py``); ``bind`` and
 ``as_module`` (``module.py``) put it into a module. Already generated modules call
 ``gradc.runtime.bind``.
@@ -18,7 +19,7 @@ from .c import CModule
 from .cuda import CudaModule, DeviceArray, DeviceParams
 from .memory import check_alloc, physical_memory
 from .meta import ArgMeta, ModuleMeta, OutputMeta, ParamMeta
-from .module import EXPORTS, RUNTIMES, as_module, bind, runtime_class, runtime_of
+from .module import EXPORTS, as_module, bind, runtime_class, runtime_of
 from .params import Params
 from .updates import adam_apply_scalars, adam_bias_correction, adam_hyper, checked_rate
 
@@ -26,6 +27,6 @@ from .updates import adam_apply_scalars, adam_bias_correction, adam_hyper, check
 Compiled = CModule
 
 __all__ = ["ArgMeta", "CModule", "Compiled", "CudaModule", "DeviceArray", "DeviceParams", "EXPORTS",
-           "ModuleMeta", "OutputMeta", "ParamMeta", "Params", "RUNTIMES", "adam_apply_scalars", "adam_bias_correction",
+           "ModuleMeta", "OutputMeta", "ParamMeta", "Params", "adam_apply_scalars", "adam_bias_correction",
            "adam_hyper", "as_module", "bind", "check_alloc", "checked_rate", "physical_memory",
            "runtime_class", "runtime_of"]

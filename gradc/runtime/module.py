@@ -2,9 +2,9 @@
 
 ``bind(namespace, entry, meta)`` fills a module namespace with the contract of DESIGN.md
 (``param_shapes``, ``forward``, ``loss_and_grad``, ...); generated modules call it, and
-``as_module`` makes the module object ``gradc.load`` returns. ``RUNTIMES`` is the one place a
-target's name picks its runtime class; ``runtime_of`` gives gradc's own code (training, optimizers)
-the runtime object behind a module.
+``as_module`` makes the module object ``gradc.load`` returns. The runtime class of a target is
+what the target registry (``gradc.targets``) names; ``runtime_of`` gives gradc's own code
+(training, optimizers) the runtime object behind a module.
 
 Example::
 
@@ -13,12 +13,10 @@ Example::
 """
 import types
 
+from ..errors import ModelError
+from ..targets import get_target
 from .c import CModule
-from .cuda import CudaModule
 from .meta import ModuleMeta
-
-#: target name -> the runtime class of its modules
-RUNTIMES = {"c": CModule, "cuda": CudaModule}
 
 #: the names ``bind`` puts into a module, beside ``target``, ``dtype``, ``name`` (and for cuda
 #: ``to_device``, ``to_host``)
@@ -34,9 +32,10 @@ def runtime_class(target):
     Example: ``runtime_class("cuda")`` is ``CudaModule``; an unknown target raises ``ValueError``.
     """
     try:
-        return RUNTIMES[target]
-    except KeyError:
-        raise ValueError(f"no runtime for target {target!r}; the targets are {', '.join(RUNTIMES)}") from None
+        return get_target(target).part("runtime")
+    except ModelError:
+        from ..targets import names
+        raise ValueError(f"no runtime for target {target!r}; the targets are {', '.join(names())}") from None
 
 
 def bind(namespace, entry, meta):
