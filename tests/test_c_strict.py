@@ -114,6 +114,25 @@ w = m.param("w", 2, init=gc.init.uniform(-1, 1))
 z = m.output("z", w[0] * x[0] + w[1] * x[1])
 m.loss((sp.erf(z) - y) ** 2 + sp.pi / 100 * w[0] ** 2)
 ''',
+    # no m.output: forward has nothing to compute (it once left an unused variable behind)
+    "noout": '''
+import gradc as gc
+
+m = gc.Model("noout")
+x, y = m.input("x", 3), m.target("y")
+W = m.param("W", (2, 3), init=gc.init.uniform(-1, 1))
+m.loss(((W @ x)[1] - y) ** 2)
+''',
+    # parameters alone: the loss is computed once per batch, no block of samples at all
+    "paramsonly": '''
+import sympy as sp
+import gradc as gc
+
+m = gc.Model("paramsonly")
+a = m.param("a", 3, init=gc.init.uniform(-1, 1))
+k = gc.index("k")
+m.loss(sp.Sum((a[k] - 1) ** 2, (k, 0, 2)) + sp.exp(a[0]))
+''',
 }
 EXAMPLE_MODELS = {"moons": os.path.join(EXAMPLES, "moons", "model.py"),
                   "mnist_mlp": os.path.join(EXAMPLES, "mnist_mlp", "model.py")}

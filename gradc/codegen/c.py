@@ -774,6 +774,8 @@ def render(prog, grad, dtype="float64", inference_only=False):
         funcs["loss_grad_args"] = ["params"] + ins + tgs + ["loss", "grad"]
         sample_bwd, batch_bwd = B.backward()
         per_sample = loss_st.scope == "sample"
+        # a loss computed once per batch reads only once-per-batch stages: no block loop is needed
+        assert per_sample or not (uses["loss"]["sample"] or sample_bwd), "a batch loss with per-sample stages"
         part_seed = ["V_" + c(prog.loss), "D_" + c(prog.loss)] if per_sample else []
         finish_seed = ([] if per_sample else ["V_" + c(prog.loss), "D_" + c(prog.loss)]) + \
             (["V_" + c(prog.reg), "D_" + c(prog.reg)] if prog.reg else [])
