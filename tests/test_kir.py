@@ -84,3 +84,29 @@ def test_nodes_are_immutable_and_compare_by_value():
     assert a == b and hash(a) == hash(b)
     with pytest.raises(AttributeError):
         a.target = X
+
+
+def test_nodes_tell_what_they_write_from_what_they_read():
+    from gradc.codegen.kir import Expr
+    store = Assign(Expr("V_h[b]", {"V_h"}, "V_h"), X)
+    add = Accumulate(Expr("G_E[(X_u[b])*4 + l0]", {"G_E", "X_u"}, "G_E"), D)
+    assert store.writes() == {"V_h"} and store.reads() == {"X_x"}
+    assert add.writes() == {"G_E"} and add.reads() == {"G_E", "X_u", "D_z"}
+    loop = LaneLoop((store, add))
+    assert loop.writes() == {"V_h", "G_E"} and loop.reads() == {"X_x", "G_E", "X_u", "D_z"}
+
+
+def test_a_built_nest_writes_its_stage_and_reads_its_operands():
+    import gradc as gc
+    from gradc.autodiff import differentiate
+    from gradc.codegen.c import Builder
+    from gradc.ir import lower
+    m = gc.Model("t")
+    x, y = m.input("x", 2), m.target("y")
+    W = m.param("W", (3, 2))
+    h = m.define("h", 3, gc.tanh(W @ x))
+    m.loss((h.sum() - y) ** 2)
+    prog = lower(m.spec())
+    B = Builder(prog, differentiate(prog), "float64")
+    nest = B.forward_nest(prog.stage("h"))
+    assert nest.writes() == {"V_h"} and "V_h" not in nest.reads()

@@ -73,7 +73,7 @@ class Printer(C99CodePrinter):
         """The element ``name[idx]`` as an lvalue, with the arrays it names (index inputs included)."""
         self.touched = set()
         text = self.flat(name, idx)
-        return Expr(text, self.touched)
+        return Expr(text, self.touched, self.where[name][0])
 
     def flat(self, name, idx):
         ptr, shape, _, blocked = self.where[name]

@@ -20,9 +20,11 @@ from typing import ClassVar
 
 @dataclass(frozen=True)
 class Expr:
-    """A printed C expression and the arrays it reads (their C names)."""
+    """A printed C expression and the arrays it names (their C names); for an element that is
+    written (an lvalue), ``array`` is the array it belongs to (its index may read others)."""
     text: str
     names: frozenset = frozenset()
+    array: str = None
 
     def __post_init__(self):
         object.__setattr__(self, "names", frozenset(self.names))
@@ -37,18 +39,47 @@ def lit(text):
 
 
 class Node:
-    """A statement. ``kind`` names it for the templates; ``names()`` lists every array it touches."""
+    """A statement. ``kind`` names it for the templates; ``names()`` lists every array it touches,
+    ``writes()`` the arrays it stores into, ``reads()`` those it loads (``+=`` does both)."""
     kind: ClassVar[str] = ""
 
+    def _parts(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            yield from (v if isinstance(v, tuple) else (v,))
+
     def names(self):
+        out = set()
+        for x in self._parts():
+            if isinstance(x, Expr):
+                out |= x.names
+            elif isinstance(x, Node):
+                out |= x.names()
+        return out
+
+    def writes(self):
+        out = set()
+        for x in self._parts():
+            if isinstance(x, Node):
+                out |= x.writes()
+        target = getattr(self, "target", None)
+        if isinstance(target, Expr) and target.array:
+            out.add(target.array)
+        return out
+
+    def reads(self):
         out = set()
         for f in fields(self):
             v = getattr(self, f.name)
             for x in (v if isinstance(v, tuple) else (v,)):
-                if isinstance(x, Expr):
+                if isinstance(x, Node):
+                    out |= x.reads()
+                elif isinstance(x, Expr) and f.name == "target" and x.array:
+                    out |= x.names - {x.array}          # the index of the element stored into
+                    if self.kind == "accumulate":
+                        out.add(x.array)                # += loads it too
+                elif isinstance(x, Expr):
                     out |= x.names
-                elif isinstance(x, Node):
-                    out |= x.names()
         return out
 
 
@@ -181,6 +212,12 @@ class RankOneUpdate(Node):
     def names(self):
         return {self.src, self.mirror, self.d, self.grad}
 
+    def writes(self):
+        return {self.mirror, self.grad}
+
+    def reads(self):
+        return {self.src, self.mirror, self.d, self.grad}
+
 
 @dataclass(frozen=True)
 class Nest(Node):
@@ -204,6 +241,12 @@ class Call(Node):
     touches: frozenset = frozenset()
 
     def names(self):
+        return set(self.touches)
+
+    def writes(self):
+        return set(self.touches)
+
+    def reads(self):
         return set(self.touches)
 
 
