@@ -15,7 +15,7 @@ export GRADC_CACHE_DIR=${GRADC_CACHE_DIR:-$PWD/build/gpu-check-cache}
 # first, two small models under compute-sanitizer (out-of-bounds and uninitialized device reads)
 if command -v compute-sanitizer >/dev/null; then
     for tool in memcheck initcheck; do
-        timeout 60 compute-sanitizer --tool "$tool" --error-exitcode 3 "$PY" bench/gpu_check.py \
+        timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 3 "$PY" bench/gpu_check.py \
             --models moons,w5_mf --sizes 1,33 --no-timing --out build/gpu-check-sanitizer \
             || { echo "gpu_check: compute-sanitizer $tool failed"; exit 3; }
     done
