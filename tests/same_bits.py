@@ -29,7 +29,6 @@ def model_files():
 
 
 def models(n_fuzz):
-    import gradc as gc
     from gradc.model import Model
     for path in model_files():
         ns = {}
