@@ -52,6 +52,13 @@ def test_c_prints_each_kind(node, text):
     assert c(node) == text
 
 
+def test_c_prints_a_call_of_a_shared_function_and_knows_what_it_touches():
+    from gradc.codegen.kir import Call
+    call = Call("m_sample_forward_loss", ("params", "ws"), frozenset({"V_h", "X_x"}))
+    assert c(call) == "m_sample_forward_loss(params, ws);\n"
+    assert kir.arrays([call]) == {"V_h", "X_x"}
+
+
 def test_c_prints_a_rank_one_update_without_a_unit_coefficient():
     upd = RankOneUpdate(src="X_x", mirror="M_x", d="D_z", grad="G_W", rows=4, cols=2, unroll=2, coef="")
     text = c(upd)

@@ -728,15 +728,18 @@ def _function(B, key, segs, uses, own, extra, backward, outputs=()):
     """What one entry point (or part of one) declares and runs: the segments it calls, its own
     nests, the pointers they use, the inputs it gathers and checks."""
     seg_by = {s["name"]: s for s in segs}
-    calls = {scope: [seg_by[n] for n in uses.get(scope, [])] for scope in ("batch", "sample")}
-    called = set().union(set(), *[s["arrays"] for sc in calls.values() for s in sc])
+    used = [seg_by[n] for scope in ("batch", "sample") for n in uses.get(scope, [])]
+    calls = {scope: tuple(kir.Call(s["name"], (("params",) if s["uses_params"] else ()) + ("ws",)
+                                   + (("wsi",) if s["ints"] else ()), frozenset(s["arrays"]))
+                          for s in used if s["scope"] == scope) for scope in ("batch", "sample")}
+    called = kir.arrays(calls["batch"] + calls["sample"])
     mine = kir.arrays(own) | set(extra)
     gathers = B.gathers(called | mine)
     checks = B.int_checks(called | mine)
     decls = B.decls(mine | {g["dst"] for g in gathers}, backward, outputs)
     return dict(calls=calls, decls=decls, gathers=gathers, checks=checks,
-                ints=any(d[2].startswith("wsi") for d in decls)
-                or any(s["ints"] for sc in calls.values() for s in sc))
+                ints=any(d[2].startswith("wsi") for d in decls) or any(s["ints"] for s in used),
+                seg_params=any(s["uses_params"] for s in used))
 
 
 def render(prog, grad, dtype="float64", inference_only=False):
@@ -787,7 +790,7 @@ def render(prog, grad, dtype="float64", inference_only=False):
         finish["batch_bwd"] = batch_bwd
         funcs["part"], funcs["finish"] = part, finish
         funcs["part"]["uses_params"] = any(d[1].startswith("P_") for d in part["decls"]) or \
-            any(s["uses_params"] for sc in part["calls"].values() for s in sc)
+            part["seg_params"]
         funcs["part"]["uses_args"] = {g["src"] for g in part["gathers"]} | {ch["ptr"] for ch in part["checks"]}
         funcs["finish"]["uses_params"] = any(d[1].startswith("P_") for d in finish["decls"])
         funcs["finish"]["uses_grad"] = any(d[1].startswith("G_") for d in finish["decls"])
