@@ -10,11 +10,10 @@ import argparse
 import json
 import keyword
 import os
-import shutil
 import sys
 import time
 
-from .errors import BuildError, GradcError, ModelError
+from .errors import BuildError, GradcError, ModelError, OutputError
 from .optim import available as available_optimizers
 from .targets import get_target
 from .targets import names as target_names
@@ -36,6 +35,7 @@ def _parser():
     c.add_argument("--target", choices=target_names(), default="c",
                    help="; ".join(f"{t}: {get_target(t).description}" for t in target_names()))
     c.add_argument("--model", help="which model, when the file defines several")
+    c.add_argument("--force", action="store_true", help="replace files in OUTDIR that gradc did not write")
     c.add_argument("--debug", action="store_true", help="show Python tracebacks")
     e = sub.add_parser("export", help="write NAME.h, NAME.c (and NAME_weights.c) for another program")
     e.add_argument("model_file")
@@ -45,6 +45,7 @@ def _parser():
     e.add_argument("--inference-only", action="store_true", help="forward only: smallest code and workspace")
     e.add_argument("--name", help="C prefix (default: the model's name)")
     e.add_argument("--model", help="which model, when the file defines several")
+    e.add_argument("--force", action="store_true", help="replace files in OUTDIR that gradc did not write")
     e.add_argument("--debug", action="store_true", help="show Python tracebacks")
     t = sub.add_parser("train", help="train a model on data from an .npz file")
     t.add_argument("model_file")
@@ -80,7 +81,7 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     try:
         return {"compile": cmd_compile, "show": cmd_show, "train": cmd_train, "export": cmd_export}[args.cmd](args)
-    except ModelError as e:
+    except (ModelError, OutputError) as e:
         if args.debug:
             raise
         print(f"gradc: error: {e}", file=sys.stderr)
@@ -124,7 +125,7 @@ def _load(args):
 
 
 def cmd_compile(args):
-    from .api import build_model
+    from .api import build_model, prepare_outputs
     from .codegen.names import ident
     t0 = time.perf_counter()
     model = _load(args)
@@ -132,12 +133,14 @@ def cmd_compile(args):
         model.name = args.name
     entry, meta = build_model(model, args.dtype, args.target)
     modname = module_name(ident(model.name, "model"))
-    os.makedirs(args.outdir, exist_ok=True)
     M = meta["prefix"]
     src_name = M + get_target(args.target).suffix
+    meta_file = f"{modname}.gradc.json"
+    # all checked before any is written: a compile never replaces the user's own files
+    prepare_outputs(args.outdir, [src_name, f"{M}.h", meta["so"], meta_file, f"{modname}.py"],
+                    args.force, "compile", protect=[args.model_file])
     for fn in (src_name, f"{M}.h", meta["so"]):
         _copy(os.path.join(entry, fn), os.path.join(args.outdir, fn))
-    meta_file = f"{modname}.gradc.json"
     _write(os.path.join(args.outdir, meta_file), json.dumps(meta, indent=1, sort_keys=True))
     from importlib import resources
 
@@ -167,16 +170,14 @@ def module_name(c_name):
 
 
 def _copy(src, dst):
-    tmp = dst + ".tmp"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    from .api import write_output
+    with open(src, "rb") as f:
+        write_output(dst, f.read())
 
 
 def _write(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from .api import write_output
+    write_output(path, text.encode())
 
 
 def cmd_export(args):
@@ -184,7 +185,7 @@ def cmd_export(args):
     model = _load(args)
     if args.name:
         model.name = args.name
-    written = export(model, args.outdir, args.weights, args.dtype, args.inference_only)
+    written = export(model, args.outdir, args.weights, args.dtype, args.inference_only, force=args.force)
     print(f"gradc: wrote {', '.join(written)}")
     return 0
 

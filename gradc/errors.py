@@ -36,6 +36,16 @@ class BuildError(GradcError):
     """The C compiler failed; the message carries its output."""
 
 
+class OutputError(GradcError):
+    """An output of ``compile`` or ``export`` cannot be written: it would replace a file gradc did
+    not write, or the output folder is not a folder. The CLI exits with status 2.
+
+    Example::
+
+        raise OutputError("out/mlp.py exists and was not written by gradc; pass --force to replace it")
+    """
+
+
 def user_location():
     """The (file, line) of the innermost stack frame outside the gradc package.
 
