@@ -17,7 +17,6 @@ import math
 import os
 import sys
 import time
-import zipfile
 
 import numpy as np
 
@@ -105,10 +104,11 @@ class History(dict):
 
     def to_csv(self, path):
         keys = ["epoch"] + sorted(k for k in self if k != "epoch")
+        cols = [self.get(k, []) for k in keys]
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(keys)
-            for row in zip(*[self[k] for k in keys]):
+            for row in zip(*cols):
                 w.writerow(["" if v is None else v for v in row])
 
     def to_json(self, path):
@@ -166,9 +166,25 @@ def _from_json(obj, arrays):
     return obj
 
 
+def _param_key(i, name):
+    """The zip member of parameter ``name``: ``param/NAME`` when the name survives a zip member name
+    (``zipfile`` cuts a name at its first NUL), else ``param#I``; ``param_names`` maps both back."""
+    plain = isinstance(name, str) and name.isprintable() and name == name.strip() and not name.endswith("/")
+    return f"param/{name}" if plain else f"param#{i}"
+
+
 def save_checkpoint(path, params, state, model_hash):
-    """Write parameters and training state to ``path`` (.npz) atomically: a crash leaves the old file."""
-    arrays = {f"param/{k}": np.asarray(v) for k, v in params.items()}
+    """Write parameters and training state to ``path`` (.npz) atomically: a crash leaves the old file.
+
+    Members: ``param/NAME`` (or ``param#I`` for a name a zip cannot hold, such as one with a NUL),
+    ``param_names`` (JSON: member -> name), ``state_json`` (JSON, with its arrays as ``state/N``),
+    ``model_hash`` and ``gradc_version``.
+    """
+    arrays, names = {}, {}
+    for i, (k, v) in enumerate(params.items()):
+        key = _param_key(i, k)
+        arrays[key], names[key] = np.asarray(v), k
+    arrays["param_names"] = np.frombuffer(json.dumps(names).encode(), dtype=np.uint8)
     text = json.dumps(_to_json(state, arrays, "state/"))
     arrays["state_json"] = np.frombuffer(text.encode(), dtype=np.uint8)
     arrays["model_hash"] = np.frombuffer(model_hash.encode(), dtype=np.uint8)
@@ -187,26 +203,68 @@ def save_checkpoint(path, params, state, model_hash):
             os.remove(tmp)
 
 
+def checkpoint_limit(param_shapes):
+    """The most bytes a checkpoint of a model with these parameter shapes may decompress to.
+
+    Parameters, up to three optimizer buffers and the early-stopping copy, each at 8 bytes a value,
+    plus 64 MiB for the training state. Example: ``checkpoint_limit({"W": (16, 2)})``.
+    """
+    n = sum(math.prod(s) for s in param_shapes.values())
+    return 8 * 8 * n + (64 << 20)
+
+
+def checkpoint_params(files, what):
+    """The parameters held by a checkpoint's members, by name: ``param_names`` maps members to names
+    (written since names with a NUL could not be zip member names); older files use ``param/NAME``."""
+    if "param_names" not in files:
+        return {k[6:]: v for k, v in files.items() if k.startswith("param/")}
+    try:
+        names = json.loads(files["param_names"].tobytes().decode())
+        ok = isinstance(names, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in names.items())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{what}: its parameter names are damaged")
+    if len(set(names.values())) != len(names) or not all(k.startswith(("param/", "param#")) for k in names):
+        raise ValueError(f"{what}: its parameter names are damaged")
+    # a listed member that is absent is reported by the caller as a missing parameter
+    out = {names[k]: files[k] for k in names if k in files}
+    for k, v in files.items():
+        if k.startswith("param/") and k not in names:
+            out.setdefault(k[6:], v)            # unlisted: by the older rule (then unknown, or a clash)
+        elif k.startswith("param#") and k not in names:
+            raise ValueError(f"{what}: member {k!r} is not among its parameter names")
+    return out
+
+
 def load_checkpoint(path, module=None):
     """(params, state) from a checkpoint; with ``module``, checks that it belongs to that model.
 
-    Raises ``ValueError`` naming the problem; nothing is half-loaded.
+    The file is read by ``gradc.npz.read_npz``: sizes are checked before anything is allocated
+    (with ``module``, against what that model's checkpoint can hold). Raises ``ValueError``
+    naming the file and the problem; nothing is half-loaded.
+
+    Example: ``params, state = load_checkpoint("run/checkpoint.npz", mod)``.
     """
+    from .npz import NpzError, machine_bytes, read_npz
+    limit = None
+    if module is not None:
+        limit = checkpoint_limit(module.param_shapes)
+        mem = machine_bytes()
+        limit = min(limit, mem) if mem else limit
     try:
-        with np.load(path, allow_pickle=False) as z:
-            files = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        why = "it holds Python objects" if "pickle" in str(e) else str(e) or type(e).__name__
-        raise ValueError(f"checkpoint {path}: not a readable gradc checkpoint ({why})") from None
+        files = read_npz(path, "checkpoint", limit)
+    except NpzError as e:
+        raise ValueError(f"checkpoint {path}: not a readable gradc checkpoint ({e.why})") from None
     if "state_json" not in files or "model_hash" not in files:
         raise ValueError(f"checkpoint {path}: not a gradc checkpoint (no training state)")
-    params = {k[6:]: v for k, v in files.items() if k.startswith("param/")}
+    params = checkpoint_params(files, f"checkpoint {path}")
     for k, v in params.items():
         if v.dtype.kind != "f":
             raise ValueError(f"checkpoint {path}: parameter {k!r} holds {v.dtype} values, not floats")
     try:
         state = _from_json(json.loads(files["state_json"].tobytes().decode()), files)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError, AttributeError) as e:
         raise ValueError(f"checkpoint {path}: its training state is damaged ({e})") from None
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path}: its training state is not a record")
@@ -224,6 +282,41 @@ def load_checkpoint(path, module=None):
         if extra:
             raise ValueError(f"checkpoint {path}: unknown parameter {sorted(extra)[0]!r}")
     return params, state
+
+
+def _is_real(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _checked_history(h, bad):
+    """A checkpoint's history record as a ``History``, or ``bad(...)`` raised: columns of equal length."""
+    n = None
+    for k, col in h.items():
+        if not isinstance(k, str) or not isinstance(col, list):
+            raise bad("its history record is damaged")
+        if n is not None and len(col) != n:
+            raise bad(f"its history record is damaged (column {k!r} has {len(col)} entries, others {n})")
+        n = len(col)
+        if not all(v is None or isinstance(v, (int, float, str)) for v in col):
+            raise bad(f"its history record is damaged (column {k!r})")
+    return History({k: list(col) for k, col in h.items()})
+
+
+def _checked_early(est, best, params, bad):
+    """(state, best_params) of a checkpoint's early-stopping record, checked, or ``bad(...)`` raised."""
+    if not isinstance(est, dict) or set(est) != {"best", "best_epoch", "wait"}:
+        raise bad("its early-stopping record is damaged")
+    if not (est["best"] is None or _is_real(est["best"])) or \
+            not (est["best_epoch"] is None or (isinstance(est["best_epoch"], int) and not isinstance(est["best_epoch"], bool))) or \
+            not (isinstance(est["wait"], int) and not isinstance(est["wait"], bool) and est["wait"] >= 0):
+        raise bad("its early-stopping record is damaged")
+    if best is not None:
+        if not isinstance(best, dict) or set(best) != set(params):
+            raise bad("its early-stopping copy of the best parameters is damaged")
+        for k, a in best.items():
+            if not isinstance(a, np.ndarray) or a.shape != params[k].shape or a.dtype.kind != "f":
+                raise bad(f"its early-stopping copy of parameter {k!r} is damaged")
+    return dict(est), best
 
 
 # ---- the loop ------------------------------------------------------------------
@@ -287,6 +380,8 @@ class Trainer:
         self.output, self.target = self._pick(output, module.output_shapes, "output"), \
             self._pick(target, module.target_shapes, "target")
         self.epoch, self.step_count, self.history = 0, 0, History()
+        #: what the message of a non-finite batch suggests (the command line says ``--nan skip``)
+        self.nan_advice = "pass nan='skip' to skip such batches"
         self.early = None
         self.dist = None
         if comm is not None and comm.Get_size() > 1:
@@ -370,6 +465,17 @@ class Trainer:
         stop = n - n % self.batch_size if self.drop_last and n >= self.batch_size else n
         return [idx[i:i + self.batch_size] for i in range(0, stop, self.batch_size)]
 
+    def _nonfinite_params(self):
+        """Which parameter holds NaN or Inf, and since when, in words; None when all are finite."""
+        for k, a in self.params.items():
+            if not np.all(np.isfinite(a)):
+                if self.step_count == 0:
+                    return (f"parameter {k!r} holds NaN or Inf before any step (its initial values, "
+                            "the ones given, or those of --init or the checkpoint)")
+                return (f"parameter {k!r} holds NaN or Inf after {self.step_count} steps on finite gradients "
+                        "(an update overflowed: lower the learning rate or clip the gradients)")
+        return None
+
     def _nonfinite(self, batch):
         for k, a in batch.items():
             if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
@@ -413,7 +519,7 @@ class Trainer:
     def state(self):
         st = dict(epoch=self.epoch, step=self.step_count, seed=self.seed,
                   rng=self.rng.bit_generator.state, history=dict(self.history),
-                  optimizer=self.optimizer.state_dict())
+                  optimizer=self.optimizer.state_dict(), settings=self.settings())
         if self.scheduler is not None:
             st["scheduler"] = self.scheduler.state_dict()
         if self.early is not None:
@@ -427,10 +533,46 @@ class Trainer:
         """Write a checkpoint (parameters and all training state) atomically."""
         save_checkpoint(path, self.params, self.state(), runtime_of(self.module).info.model_hash or "")
 
+    def settings(self):
+        """What makes two runs the same run: a resumed run must have these as its checkpoint had.
+
+        Example: ``t.settings()["batch_size"]``.
+        """
+        opt = self.optimizer
+        frozen = sorted(getattr(opt, "frozen", []) or [])
+        return dict(optimizer=type(opt).__name__, batch_size=self.batch_size, seed=self.seed,
+                    shuffle=bool(self.shuffle), drop_last=bool(self.drop_last), clip_grad_norm=self.clip,
+                    frozen=frozen, scheduler=type(self.scheduler).__name__ if self.scheduler is not None else None,
+                    scheduler_interval=self.scheduler_interval, dtype=str(runtime_of(self.module).dtype),
+                    val_split=getattr(self, "_val_split", None))
+
+    def _changed_setting(self, saved, mine):
+        """Why a checkpoint's settings record (None for older files) is not this run's, or None."""
+        if saved is None:
+            return None
+        if not isinstance(saved, dict):
+            return "its settings record is damaged"
+        for key, now in mine.items():
+            if key not in saved or (key == "seed" and mine.get("val_split") is None):
+                continue           # the seed matters only for the validation split: the rng is restored
+            was = saved[key]
+            if isinstance(was, (list, tuple)) and isinstance(now, (list, tuple)):
+                was, now = list(was), list(now)
+            if was != now:
+                return (f"it was written with {key} {was!r}, this run has {now!r}: training on would not "
+                        f"continue that run (keep {key} {was!r}, or start a new run from its parameters)")
+        return None
+
     def restore(self, path):
         """Resume from a checkpoint written by ``save``: parameters, optimizer, schedule, RNG, history.
 
-        All or nothing: a checkpoint that fails any check leaves the trainer as it was.
+        The optimizer's hyperparameters and learning rates come from the checkpoint. A checkpoint
+        written with other settings (``settings()``: optimizer, batch size, seed, shuffling,
+        clipping, frozen parameters, schedule, dtype, validation split) is refused, naming the
+        setting: training on would not continue that run.
+
+        All or nothing: everything is checked first, then applied; a checkpoint that fails any
+        check leaves the trainer as it was.
         """
         params, st = load_checkpoint(path, self.module)
         bad = lambda why: ValueError(f"checkpoint {path}: {why}")  # noqa: E731
@@ -439,11 +581,21 @@ class Trainer:
         for key, kind in (("epoch", int), ("step", int), ("rng", dict), ("history", dict), ("optimizer", dict)):
             if not isinstance(st.get(key), kind) or isinstance(st.get(key), bool):
                 raise bad(f"its training state lacks a valid {key!r}")
+        if st["epoch"] < 0 or st["step"] < 0:
+            raise bad("its epoch or step count is negative")
         rng = np.random.default_rng()
         try:
             rng.bit_generator.state = st["rng"]
-        except (TypeError, ValueError, KeyError) as e:
+        except Exception as e:
             raise bad(f"its random generator state is damaged ({e})") from None
+        history = _checked_history(st["history"], bad)
+        early = None
+        if self.early is not None and "early" in st:
+            early = _checked_early(st["early"], st.get("early_best"), self.params, bad)
+        for k, a in self.params.items():
+            if not getattr(a, "flags", None) or not a.flags.writeable:
+                raise bad(f"parameter {k!r} of this trainer is read-only; nothing was restored")
+        mine = self.settings()          # before the optimizer's state (and its frozen set) is loaded
         saved_opt = self.optimizer.state_dict()
         saved_sched = self.scheduler.state_dict() if self.scheduler is not None else None
         try:
@@ -455,13 +607,20 @@ class Trainer:
             if saved_sched is not None:
                 self.scheduler.load_state_dict(saved_sched)
             raise bad(f"its optimizer or schedule state does not fit ({e})") from None
+        changed = self._changed_setting(st.get("settings"), mine)
+        if changed is not None:
+            self.optimizer.load_state_dict(saved_opt)
+            if saved_sched is not None:
+                self.scheduler.load_state_dict(saved_sched)
+            raise bad(changed)
+        # nothing below can fail: every value was checked above
         for k, a in self.params.items():
             a[...] = params[k]
         self.epoch, self.step_count = st["epoch"], st["step"]
         self.rng.bit_generator.state = st["rng"]
-        self.history = History(st["history"])
-        if self.early is not None and "early" in st:
-            self.early.set_state(st["early"], st.get("early_best"))
+        self.history = history
+        if early is not None:
+            self.early.set_state(*early)
 
     # ---- training ------------------------------------------------------
     def _loss_and_grad(self, batch):
@@ -505,8 +664,12 @@ class Trainer:
                                                     [np.sum(g) for g in grads.values()]))):
                     why = "the gradient holds NaN or Inf (the loss is finite)"
             if why is not None:
+                blame = self._nonfinite_params()
+                if blame is not None:          # the parameters, not this batch: skipping cannot help
+                    raise ValueError(f"epoch {self.epoch}, batch {b}: {why}, because {blame}; "
+                                     "this batch's data are not to blame")
                 if self.nan == "raise":
-                    raise ValueError(f"epoch {self.epoch}, batch {b}: {why}; pass nan='skip' to skip such batches")
+                    raise ValueError(f"epoch {self.epoch}, batch {b}: {why}; {self.nan_advice}")
                 skipped += 1
                 continue
             if self.clip is not None:
@@ -525,8 +688,18 @@ class Trainer:
 
     def fit(self, train_data, epochs=10, val_data=None, val_split=None, early_stopping=None,
             checkpoint=None, resume=None):
-        """Train for ``epochs`` epochs (counting those of a resumed run); returns the ``History``."""
+        """Train for ``epochs`` epochs (counting those of a resumed run); returns the ``History``.
+
+        ``epochs=0`` (or a resumed run already that far) trains nothing and returns the history.
+        Refused: a negative ``epochs``, and every parameter frozen ("nothing to train").
+        """
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"epochs must be a whole number >= 0, not {epochs!r}")
+        frozen = getattr(self.optimizer, "frozen", None)
+        if frozen is not None and len(frozen) == len(self.params):
+            raise ValueError(f"nothing to train: every parameter is frozen ({', '.join(self.params)})")
         data = self.check_data(train_data)
+        self._val_split = val_split
         if val_split is not None:
             if val_data is not None:
                 raise ValueError("give val_data or val_split, not both")
@@ -558,7 +731,7 @@ class Trainer:
                 logs = self.train_epoch(data)
                 if val_data is not None:
                     logs.update(self.evaluate(val_data, prefix="val_"))
-                logs["lr"] = float(next(iter(self.optimizer.lr.values())))
+                logs["lr"] = float(next(iter(self.optimizer.lr.values()), float("nan")))
                 logs["seconds"] = time.perf_counter() - t0
                 logs["epoch"] = self.epoch
                 stop = None
