@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 
-from .errors import ModelError
+from .errors import ModelError, nested_too_deeply
 
 _lock = threading.Lock()
 
@@ -71,6 +71,8 @@ def load_model_file(path, model=None, timeout=None):
     except SystemExit as e:
         raise ModelError(f"the model file called sys.exit({e.code!r}) instead of defining a model",
                          where=_frame_in(sys.exc_info()[2], path)) from None
+    except RecursionError:
+        raise nested_too_deeply("running the model file", _frame_in(sys.exc_info()[2], path)) from None
     except KeyboardInterrupt:
         raise
     except BaseException as e:     # anything else a model file raises, even a BaseException
@@ -155,8 +157,25 @@ def build_model(model_or_prog, dtype="float64", target="c"):
         src = tgt.render(prog, differentiate(prog), dtype)
         return src, module_info(prog, src, dtype, target).to_json()
 
-    with _lock:
+    with _lock, deep_guard(prog, "differentiating and rendering"):
         return build(prog, dtype, target, make_source)
+
+
+class deep_guard:
+    """A ``RecursionError`` inside turns into a ``ModelError`` naming the most deeply nested stage
+    of ``prog``: ``with deep_guard(prog, "differentiating"): differentiate(prog)``."""
+
+    def __init__(self, prog, during):
+        self.prog, self.during = prog, during
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if kind is not None and issubclass(kind, RecursionError):
+            from .ir import deepest_where
+            raise nested_too_deeply(self.during, deepest_where(self.prog)) from None
+        return False
 
 
 def compile_model(model, dtype="float64", target="c"):
@@ -240,11 +259,12 @@ def export(model, outdir, weights=None, dtype="float64", inference_only=False, f
     if dtype not in ("float32", "float64"):
         raise ModelError(f"dtype must be float32 or float64, not {dtype!r}", where=None)
     prog = lower_model(model)
-    if inference_only:
-        src = render(prog, None, dtype, inference_only=True)
-    else:
-        from .autodiff import differentiate
-        src = render(prog, differentiate(prog), dtype)
+    with deep_guard(prog, "differentiating and rendering"):
+        if inference_only:
+            src = render(prog, None, dtype, inference_only=True)
+        else:
+            from .autodiff import differentiate
+            src = render(prog, differentiate(prog), dtype)
     files = {f"{src.name}.h": src.h, f"{src.name}.c": src.c}
     if weights is not None:
         params = read_weights(weights, prog) if isinstance(weights, (str, os.PathLike)) \

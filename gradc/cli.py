@@ -249,11 +249,14 @@ def cmd_train(args):
 
 
 def cmd_show(args):
+    from .api import deep_guard
     from .autodiff import differentiate
     from .ir import lower
     from .show import listing
     prog = lower(_load(args).spec())
-    print(listing(prog, differentiate(prog), latex=args.latex))
+    with deep_guard(prog, "differentiating and printing"):
+        text = listing(prog, differentiate(prog), latex=args.latex)
+    print(text)
     return 0
 
 

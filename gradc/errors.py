@@ -32,6 +32,18 @@ class ModelError(GradcError):
         return self.message
 
 
+def nested_too_deeply(during, where=None):
+    """The ``ModelError`` for a ``RecursionError`` met while ``during`` (``"differentiating"``...):
+    SymPy walks expressions recursively, so a few hundred nested calls exhaust Python's stack.
+
+    Example: ``except RecursionError: raise nested_too_deeply("lowering", d.where) from None``.
+    """
+    return ModelError(f"the expression is nested too deeply: {during} it reached Python's recursion limit "
+                      f"({sys.getrecursionlimit():,} frames). Compute it in steps, each its own tensor "
+                      f"(h = m.define(\"h\", ...), then use h), so that no expression nests hundreds of calls",
+                      where=where)
+
+
 class BuildError(GradcError):
     """The C compiler failed; the message carries its output."""
 

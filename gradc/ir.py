@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from .errors import ModelError
+from .errors import ModelError, nested_too_deeply
 from .functions import SUPPORTED_FUNCTIONS
-from .model import INT, REAL
+from .model import INT, MAX_ELEMENTS, REAL, UNROLL_LIMIT, unroll_hint
 from .rewrite import is_log_sum_exp, stabilize
 
 
@@ -200,6 +200,11 @@ class _Lowering:
                     for b in lim[1:]:
                         if not sp.sympify(b).is_Integer:
                             raise ModelError(f"in {what}: the limits of the sum over {lim[0]} must be integers, got {lim[1]}..{lim[2]}", where)
+                    n = int(lim[2]) - int(lim[1]) + 1
+                    if n > MAX_ELEMENTS or max(abs(int(lim[1])), abs(int(lim[2]))) > MAX_ELEMENTS:
+                        raise ModelError(f"in {what}: the sum over {lim[0]} runs over {lim[1]}..{lim[2]} "
+                                         f"({n:,} terms); gradc loops use 32-bit ints, so a sum's limits must "
+                                         f"stay within +-{MAX_ELEMENTS:,}", where)
             elif isinstance(node, sp.Indexed):
                 name = node.base.label.name
                 t = self.tensors.get(name)
@@ -396,12 +401,24 @@ class _Lowering:
                 raise ModelError(f"in {self.what[st.name]}: index {k.name!r} has the name of a tensor", st.where)
         ranges = dict(zip(st.idx, t.shape))
         ranges.update(dict(st.red))
-        scope = "batch"
+        iterations = 1
+        for n in ranges.values():
+            iterations *= n
+        if iterations > MAX_ELEMENTS:
+            raise ModelError(f"in {self.what[st.name]}: a loop nest over {' x '.join(map(str, ranges.values()))} "
+                             f"runs {iterations:,} iterations per sample; gradc loops use 32-bit ints, which "
+                             f"allow at most {MAX_ELEMENTS:,}", st.where)
+        scope, terms = "batch", 0
         for b in st.bodies():
-            for name, idx, _ in reads(b, self.tensors):
+            rs = reads(b, self.tensors)
+            for name, idx, _ in rs:
                 self.check_index(name, idx, ranges, st.where, self.what[st.name])
                 if self.tensors[name].scope == "sample":
                     scope = "sample"
+            terms += max(1, len(rs))
+        # a loop body is written once; only straight-line (unrolled) code grows with the terms
+        if not ranges and terms > UNROLL_LIMIT:
+            raise ModelError(unroll_hint(self.what[st.name], terms), st.where)
         st.scope = t.scope = scope
         self.stages.append(st)
 
@@ -418,12 +435,49 @@ def _deps(prog):
     return deps
 
 
+def depth(expr):
+    """The nesting depth of ``expr`` (a leaf is 1), walked without recursion: ``depth(sin(sin(x))) == 3``."""
+    memo, stack = {}, [(expr, False)]
+    while stack:
+        node, done = stack.pop()
+        if id(node) in memo:
+            continue
+        args = getattr(node, "args", ())
+        if done:
+            memo[id(node)] = 1 + max((memo[id(a)] for a in args), default=0)
+        else:
+            stack.append((node, True))
+            stack.extend((a, False) for a in args if id(a) not in memo)
+    return memo[id(expr)]
+
+
+def deepest_where(prog):
+    """Where the most deeply nested stage of ``prog`` was written (what a RecursionError blames)."""
+    best, where = 0, None
+    for st in prog.stages:
+        for b in st.bodies():
+            d = depth(b)
+            if d > best and st.where:
+                best, where = d, st.where
+    return where
+
+
 def lower(spec):
     """Lower a ``ModelSpec`` to a checked ``Program``; raises ``ModelError`` naming the line at fault."""
+    try:
+        return _lower(spec)
+    except RecursionError:
+        raise nested_too_deeply("lowering", spec.loss_where) from None
+
+
+def _lower(spec):
     L = _Lowering(spec)
     for d in spec.defs:
-        L.add_def(d.name, d.shape, d.idx, d.body, d.elements, d.op or "assign", d.red, d.where,
-                  f"tensor {d.name!r}")
+        try:
+            L.add_def(d.name, d.shape, d.idx, d.body, d.elements, d.op or "assign", d.red, d.where,
+                      f"tensor {d.name!r}")
+        except RecursionError:
+            raise nested_too_deeply("lowering", d.where) from None
     loss = L.fresh("loss")
     L.add_def(loss, (), (), spec.loss, None, "assign", (), spec.loss_where, "the loss")
     reg = None

@@ -107,3 +107,106 @@ def test_export_keeps_a_user_file_unless_forced(tmp_path):
     assert p.returncode == 0, p.stderr
     p = cli("export", "model.py", "-o", "out", cwd=tmp_path)           # its own files now
     assert p.returncode == 0, p.stderr
+
+
+# ==== 2. extents beyond a C int, unrolled models beyond a bound ============================
+
+BIG_SUM = textwrap.dedent('''\
+    import sympy as sp
+    import gradc as gc
+    m = gc.Model("bigsum")
+    x, y = m.input("x", 2), m.target("y")
+    a = m.param("a")
+    k = gc.index("k")
+    m.loss((a * sp.Sum(x[0] * k, (k, 0, 3 * 10**9 - 1)) - y) ** 2)   # line 7
+''')
+
+
+def test_a_sum_over_more_terms_than_an_int_holds_is_refused(tmp_path):
+    (tmp_path / "model.py").write_text(BIG_SUM)
+    p = cli("compile", "model.py", "-o", "out", cwd=tmp_path, timeout=120)
+    one_message(p, "model.py:7", "3,000,000,000", "32-bit")
+
+
+def test_a_loop_nest_of_more_iterations_than_an_int_holds_is_refused(write_model):
+    path = write_model(textwrap.dedent('''\
+        import sympy as sp
+        import gradc as gc
+        m = gc.Model("nest")
+        x, y = m.input("x", 60000), m.target("y")
+        a = m.param("a")
+        j, k = gc.index("j"), gc.index("k")
+        s = sp.Sum(x[j] * x[k], (j, 0, 59999), (k, 0, 59999))
+        m.loss((a * s - y) ** 2)   # line 8
+    '''))
+    with pytest.raises(gc.ModelError, match=r"3,600,000,000 iterations") as e:
+        gc.api.lower_model(gc.load_model_file(path))
+    assert e.value.where[1] == 8
+
+
+MATRIX_STYLE = textwrap.dedent('''\
+    import sympy as sp
+    import gradc as gc
+    m = gc.Model("mstyle")
+    x, y = m.input("x", 100), m.target("y")
+    W = m.param("W", (100, 100), init=gc.init.uniform(-1, 1))
+    h = (W.M * x.M).applyfunc(sp.tanh)
+    s = m.output("s", sum(h))     # line 7
+    m.loss((s - y) ** 2)
+''')
+
+
+def test_a_large_unrolled_matrix_model_is_refused_quickly(tmp_path):
+    (tmp_path / "model.py").write_text(MATRIX_STYLE)
+    p = cli("compile", "model.py", "-o", "out", cwd=tmp_path, timeout=120)
+    one_message(p, "model.py:7", "10,100", "index style", "lambda i")
+
+
+def test_a_long_element_list_is_refused_at_its_definition(write_model):
+    path = write_model(textwrap.dedent('''\
+        import gradc as gc
+        m = gc.Model("longlist")
+        x, y = m.input("x", 2), m.target("y")
+        a = m.param("a")
+        z = m.define("z", 10000, [a * x[0] * i for i in range(10000)])   # line 5
+        m.loss((z[3] - y) ** 2)
+    '''))
+    with pytest.raises(gc.ModelError, match="index style") as e:
+        gc.load_model_file(path)
+    assert e.value.where[1] == 5
+
+
+def test_a_small_unrolled_model_still_compiles(write_model):
+    path = write_model(MATRIX_STYLE.replace("100", "6").replace("mstyle", "msmall"))
+    mod = gc.load(path)
+    assert mod.param_shapes["W"] == (6, 6)
+
+
+# ==== 3. expressions nested deeper than Python's recursion =================================
+
+def _deep(n, name):
+    return textwrap.dedent(f'''\
+        import sympy as sp
+        import gradc as gc
+        m = gc.Model("{name}")
+        x, y = m.input("x"), m.target("y")
+        a = m.param("a")
+        e = a * x
+        for _ in range({n}):
+            e = sp.sin(e)
+        m.loss((e - y) ** 2)   # line 9
+    ''')
+
+
+@pytest.mark.parametrize("cmd", ["compile", "show", "export"])
+def test_300_nested_sins_give_one_message_naming_the_line(tmp_path, cmd):
+    (tmp_path / "model.py").write_text(_deep(300, "deep"))
+    p = cli(cmd, "model.py", *(["-o", "out"] if cmd != "show" else []), cwd=tmp_path, timeout=180)
+    one_message(p, "model.py:9", "nested too deeply")
+
+
+def test_nesting_too_deep_for_the_model_file_itself_names_its_line(write_model):
+    path = write_model(_deep(5000, "deeper"))
+    with pytest.raises(gc.ModelError, match="nested too deeply") as e:
+        gc.load(path)
+    assert e.value.where[0] == path and e.value.where[1] in (8, 9)
