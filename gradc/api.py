@@ -21,6 +21,23 @@ class _Timeout(BaseException):
     ``except Exception`` does not swallow it)."""
 
 
+class _Forbidden(BaseException):
+    """Raised inside a model file that calls ``os.fork`` or ``os._exit`` (BaseException: user code's
+    ``except Exception`` does not swallow it)."""
+
+
+def _forbid(name):
+    def refuse(*args, **kwargs):
+        raise _Forbidden(name)
+    refuse.__name__ = name
+    return refuse
+
+
+# a forked child would go on to run gradc's compile too (and hang in the CLI's watchdog), and
+# os._exit ends the process with the caller's status and no message: neither is a model definition
+_FORBIDDEN = ("fork", "forkpty", "_exit")
+
+
 def default_timeout():
     try:
         return float(os.environ.get("GRADC_MODEL_TIMEOUT", "60"))
@@ -59,8 +76,15 @@ def load_model_file(path, model=None, timeout=None):
         # repeating: a model file that swallows one alarm (a bare except) gets the next
         signal.setitimer(signal.ITIMER_REAL, limit, 0.05)
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    pid = os.getpid()
+    saved = {n: getattr(os, n) for n in _FORBIDDEN if hasattr(os, n)}
+    for n in saved:
+        setattr(os, n, _forbid(n))
     try:
         exec(code, ns)
+    except _Forbidden as e:
+        raise ModelError(f"a model file must not fork or end the process (it called os.{e.args[0]}); it "
+                         f"should only define a model", where=_frame_in(sys.exc_info()[2], path)) from None
     except _Timeout:
         raise ModelError(f"the model file did not finish within {limit:g} s (an endless loop? "
                          f"GRADC_MODEL_TIMEOUT sets the limit)", where=_frame_in(sys.exc_info()[2], path)) from None
@@ -79,6 +103,11 @@ def load_model_file(path, model=None, timeout=None):
         where = _frame_in(sys.exc_info()[2], path)
         raise ModelError(f"{type(e).__name__}: {_safe_str(e)}", where=where) from e
     finally:
+        for n, f in saved.items():
+            setattr(os, n, f)
+        if os.getpid() != pid:
+            # a child forked by other means (posix.fork, a C extension): it must not compile as well
+            saved["_exit"](3)
         if alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)

@@ -210,3 +210,34 @@ def test_nesting_too_deep_for_the_model_file_itself_names_its_line(write_model):
     with pytest.raises(gc.ModelError, match="nested too deeply") as e:
         gc.load(path)
     assert e.value.where[0] == path and e.value.where[1] in (8, 9)
+
+
+# ==== 4. model files that fork or end the process ==========================================
+
+def _calls(code, name):
+    return (f'import os\nimport gradc as gc\nm = gc.Model("{name}")\nx, y = m.input("x"), m.target("y")\n'
+            f'a = m.param("a")\n{code}   # line 6\nm.loss((a * x - y) ** 2)\n')
+
+
+@pytest.mark.parametrize("code, called", [("pid = os.fork()", "os.fork"), ("os._exit(0)", "os._exit"),
+                                          ("try:\n    os._exit(0)\nexcept Exception:\n    pass\n#", "os._exit")])
+def test_a_model_file_that_forks_or_exits_gets_a_message(tmp_path, code, called):
+    (tmp_path / "model.py").write_text(_calls(code, "forks"))
+    p = cli("compile", "model.py", "-o", "out", cwd=tmp_path, timeout=60)   # pipes closed: no child left
+    one_message(p, "model.py:", called, "must not fork")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_child_forked_behind_gradc_s_back_ends_quietly(tmp_path):
+    (tmp_path / "model.py").write_text(_calls("import posix\npid = posix.fork()\n#", "forks2"))
+    p = cli("compile", "model.py", "-o", "out", cwd=tmp_path, timeout=60)   # the child would hang here
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("gradc: wrote") == 1, p.stdout           # the parent's compile only
+
+
+def test_os_functions_are_restored_after_a_model_file(write_model):
+    saved = (os.fork, os._exit)
+    path = write_model(_calls("os._exit(3)", "forks3"))
+    with pytest.raises(gc.ModelError, match="os._exit"):
+        gc.load_model_file(path)
+    assert (os.fork, os._exit) == saved
