@@ -51,10 +51,13 @@ def _parser():
     t.add_argument("model_file")
     t.add_argument("--data", required=True, help=".npz with one array per input and target, by name")
     t.add_argument("-o", "--outdir", default="run", help="where the checkpoint and history go (default: run)")
-    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--epochs", type=int, default=10,
+                   help="epochs in all, counting those of a resumed run (at least 1; default 10)")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--optimizer", default="adam", help=_either(available_optimizers()))
-    t.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: the optimizer's); with --resume, the checkpoint's unless "
+                        "given: a given --lr other than the checkpoint's replaces it, and gradc says so")
     t.add_argument("--weight-decay", type=float, default=None)
     t.add_argument("--momentum", type=float, default=None, help="for sgd and rmsprop")
     t.add_argument("--val-split", type=float, default=None, help="fraction of the data held out for validation")
@@ -62,9 +65,14 @@ def _parser():
     t.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint", default=None, help="checkpoint path (default: OUTDIR/checkpoint.npz)")
-    t.add_argument("--resume", default=None, help="resume from this checkpoint")
+    t.add_argument("--resume", default=None,
+                   help="resume from this checkpoint; it must be the same run: a changed --optimizer, "
+                        "--batch-size, --freeze, --val-split, --seed (with --val-split), --dtype, --momentum "
+                        "or --weight-decay is refused, naming the setting (only --lr and --epochs may change)")
     t.add_argument("--init", default=None, help="start from the parameters of this checkpoint (fine-tuning)")
-    t.add_argument("--freeze", default="", help="comma-separated parameters to keep fixed")
+    t.add_argument("--freeze", default="", help="comma-separated parameters to keep fixed (not all of them)")
+    t.add_argument("--nan", choices=("stop", "skip"), default="stop",
+                   help="a batch whose loss or gradient is NaN or Inf: stop with a message (default), or skip it")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     t.add_argument("--model", help="which model, when the file defines several")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
@@ -191,21 +199,21 @@ def cmd_export(args):
 
 
 def cmd_train(args):
-    import numpy as np
-
     from .api import compile_model
     from .distributed import world_from_environment
+    from .npz import NpzError, read_npz
     from .train import Callback, Trainer, load_checkpoint
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, not {args.epochs} (it counts all epochs, "
+                         "those of a resumed run included)")
     comm = world_from_environment()            # under mpiexec -n N: data-parallel over N ranks
     root = comm is None or comm.Get_rank() == 0
     model = _load(args)
     mod = compile_model(model, args.dtype)
-    import zipfile
     try:
-        with np.load(args.data, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"cannot read --data {args.data}: {e or type(e).__name__}") from None
+        data = read_npz(args.data, "--data")
+    except NpzError as e:
+        raise ValueError(f"cannot read --data {args.data}: {e.why}") from None
     params = mod.init_params(seed=args.seed)
     if args.init:
         pre, _ = load_checkpoint(args.init, mod)
@@ -215,8 +223,14 @@ def cmd_train(args):
     if root:
         os.makedirs(args.outdir, exist_ok=True)
     ckpt = args.checkpoint or os.path.join(args.outdir, "checkpoint.npz")
+    start = {}
 
     class Lines(Callback):
+        def on_train_begin(self, trainer):
+            start["epoch"] = trainer.epoch
+            if args.resume:
+                _resumed_settings(trainer, args, opt_kw, root)
+
         def on_epoch_end(self, trainer, epoch, logs):
             if not args.quiet and root:
                 print(f"epoch {epoch + 1:4d}  " + "  ".join(
@@ -226,7 +240,8 @@ def cmd_train(args):
     trainer = Trainer(mod, params, optimizer=args.optimizer, lr=args.lr, optimizer_options=opt_kw,
                       frozen=[f for f in args.freeze.split(",") if f], batch_size=args.batch_size,
                       seed=args.seed, metrics=[m for m in args.metrics.split(",") if m], callbacks=[Lines()],
-                      progress=False, comm=comm)
+                      progress=False, comm=comm, nan="skip" if args.nan == "skip" else "raise")
+    trainer.nan_advice = "run with --nan skip to skip such batches"
     try:
         hist = trainer.fit(data, epochs=args.epochs, val_split=args.val_split, checkpoint=ckpt,
                            resume=args.resume, early_stopping=args.early_stopping)
@@ -234,6 +249,10 @@ def cmd_train(args):
         print(f"gradc: interrupted; the last complete epoch is in {ckpt}", file=sys.stderr)
         return 130
     if not root:
+        return 0
+    if trainer.epoch == start.get("epoch"):
+        print(f"gradc: nothing to train: {args.resume} already holds {trainer.epoch} epochs "
+              f"(--epochs {args.epochs}); ask for more epochs to train on")
         return 0
     hist.to_csv(os.path.join(args.outdir, "history.csv"))
     hist.to_json(os.path.join(args.outdir, "history.json"))
@@ -246,6 +265,27 @@ def cmd_train(args):
     ranks = f" on {comm.Get_size()} ranks" if comm is not None else ""
     print(f"gradc: trained {len(hist.get('epoch', []))} epochs{ranks}; wrote {', '.join(wrote)} in {args.outdir}")
     return 0
+
+
+def _resumed_settings(trainer, args, opt_kw, root):
+    """After ``--resume`` restored the checkpoint's optimizer: refuse a given --momentum or
+    --weight-decay other than the checkpoint's; apply a given --lr other than its, and say so."""
+    opt = trainer.optimizer
+    live = [k for k in opt.params if k in opt.lr]
+    for option, value in opt_kw.items():
+        was = {opt.hyper(k).get(option) for k in live}
+        if was != {value}:
+            raise ValueError(f"--resume {args.resume}: it was trained with --{option.replace('_', '-')} "
+                             f"{', '.join(map(str, sorted(was, key=str)))}, this run gives {value}: training on "
+                             "would not continue that run (drop the option, or start a new run with --init)")
+    if args.lr is not None:
+        was = {opt.lr[k] for k in live}
+        if was != {args.lr}:
+            for k in live:
+                opt.lr[k] = args.lr
+            if root:
+                print(f"gradc: resuming {args.resume} with --lr {args.lr} (its learning rate was "
+                      f"{', '.join(f'{v:g}' for v in sorted(was))})", flush=True)
 
 
 def cmd_show(args):

@@ -166,6 +166,10 @@ def read_npz(path, what, limit_bytes=None):
             return out
     except NpzError:
         raise
+    except OSError as e:
+        if not isinstance(e, zipfile.BadZipFile) and e.strerror:
+            raise bad(f"cannot read it ({e.strerror})") from None
+        raise bad(f"not a readable .npz file ({str(e).strip() or type(e).__name__})") from None
     except MemoryError:
         raise bad("not enough memory to read it") from None
     except Exception as e:         # zipfile, zlib, struct, numpy's header parser: any damage
