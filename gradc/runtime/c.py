@@ -12,6 +12,7 @@ Example::
     L, g = rt.loss_and_grad(p, x=X, y=Y)
 """
 import math
+import os
 import threading
 from collections.abc import Mapping
 
@@ -23,6 +24,63 @@ from ..build import load_extension
 from .memory import check_alloc
 from .params import Params
 from .updates import adam_apply_scalars, adam_hyper, checked_rate
+
+#: samples per block of the C kernels: ``gradc.codegen.c.LANES`` (the Python build never overrides
+#: it; the runtime imports no code generator, and a test checks the two agree)
+LANES = 16
+#: the largest batch one call takes. The kernels count samples in a C ``int`` and round the batch
+#: up to whole blocks (``blocks = (n + GC_L - 1) / GC_L``, ``s0 += GC_L``; CUDA rounds to chunks
+#: of 32), so ``n + 63`` must fit in ``INT_MAX``: 2**31 - 64 samples.
+MAX_BATCH = 2**31 - 64
+#: the largest batch whose loss and gradient a float32 build sums in one call: 2**24 (16,777,216)
+#: samples. The sums over the batch are float32; past 2**24 terms of similar size an added term is
+#: lost to rounding (a batch of 2**31 - 1 gave a loss 128 times too small). Larger batches are
+#: refused: split them (the mean of the parts' means, weighted by their sizes) or build float64.
+#: ``forward``, which sums nothing over the batch, takes up to ``MAX_BATCH``.
+FLOAT32_MAX_BATCH = 2**24
+#: the most threads ``set_threads`` takes; a call uses at most one per block of ``LANES`` samples
+MAX_THREADS = 1024
+
+
+class _Fork:
+    """Whether this process ran the kernels on OpenMP threads (``omp``), and whether it is a child
+    forked after its parent (or an ancestor) did (``child``): libgomp's thread pool does not survive
+    ``fork``, and a parallel region in such a child waits forever for threads it does not have."""
+    omp = False
+    child = False
+
+
+def _after_fork_in_child():
+    if _Fork.omp:
+        _Fork.child = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_FORK_MESSAGE = ("this process was forked after gradc ran a model on several OpenMP threads in its parent; "
+                 "OpenMP cannot start threads in a forked child (the call would hang). Call "
+                 "set_threads(1) in the child, or start workers with multiprocessing's 'spawn' or "
+                 "'forkserver' method, or fork before the first call with set_threads(T > 1)")
+
+#: the ids of the parameter buffers a fused step is updating now, with the thread that updates each
+_STEPPING = {}
+
+
+def _claim(buf, fn):
+    """Mark ``buf`` as being stepped by this thread; refuse when another thread is stepping it (two
+    threads stepping one ``Params`` interleave their reads and writes: the result would change from
+    run to run). Returns the key ``_release`` takes."""
+    key, me = id(buf), threading.get_ident()
+    if _STEPPING.setdefault(key, me) != me:      # setdefault is atomic: one thread wins
+        raise RuntimeError(f"{fn}: these parameters are being stepped by another thread right now; one "
+                           "Params must be stepped by one thread at a time (give each thread its own "
+                           "Params, or hold a lock around the steps)")
+    return key
+
+
+def _release(key):
+    _STEPPING.pop(key, None)
 
 
 class CModule:
@@ -160,7 +218,34 @@ class CModule:
                 return None
             n = a.shape[0]
             out.append(a)       # ids are range-checked by the C function (EINDEX), named by _check
-        return (n, out) if n > 0 else None
+        return (n, out) if 0 < n <= self._max_batch(specs) else None
+
+    def _max_batch(self, specs):
+        """The largest batch a call on ``specs`` takes: ``MAX_BATCH``, or ``FLOAT32_MAX_BATCH`` for a
+        float32 call that sums over the batch (one taking targets: loss, gradient, steps)."""
+        if self.dtype == np.float32 and specs is not self.info.inputs:
+            return FLOAT32_MAX_BATCH
+        return MAX_BATCH
+
+    def _check_batch_sizes(self, data, specs):
+        """Refuse, before anything is allocated or converted, an argument with more samples than
+        the kernels handle exactly, naming it."""
+        limit = self._max_batch(specs)
+        for name, v in data.items():
+            shape = getattr(v, "shape", None)
+            if shape is None and isinstance(v, (list, tuple)):
+                shape = (len(v),)
+            if not shape or not isinstance(shape, tuple):
+                continue
+            n = shape[0]
+            if isinstance(n, (int, np.integer)) and n > limit:
+                if limit == FLOAT32_MAX_BATCH:
+                    why = (f"a float32 build sums at most {limit:,} samples (2**24) per call: beyond, "
+                           "terms are lost to rounding; split the batch or build with dtype float64")
+                else:
+                    why = (f"the C kernels take at most {limit:,} samples (2**31 - 64) per call: they "
+                           "count samples in a C int; split the batch")
+                raise ValueError(f"argument {name!r} has {n:,} samples; {why}")
 
     def fill_masks(self, data, rng=None):
         """``data`` with the dropout masks the caller did not pass filled in: drawn from ``rng`` (a
@@ -178,6 +263,7 @@ class CModule:
         n = self._batch_size(data)
         for s in todo:
             shape = (n, *s.shape)
+            check_alloc(math.prod(shape) * self.dtype.itemsize, f"the dropout mask {s.name!r}")
             if rng is None:
                 data[s.name] = np.ones(shape, dtype=self.dtype)
             else:
@@ -196,6 +282,7 @@ class CModule:
         fast = self._fast_data(data, specs)
         if fast is not None:
             return fast
+        self._check_batch_sizes(data, specs)
         data = self.fill_masks(data, rng)
         names = [s.name for s in specs]
         missing = [n for n in names if n not in data]
@@ -277,26 +364,32 @@ class CModule:
         gradient buffer; the buffers are added in thread order, so the result depends on the number
         of threads only (it differs from one thread's in the last bits). Parallel when the model was
         built with OpenMP (gcc; ``GRADC_OPENMP=0`` turns it off), else the shares run in turn.
+        At most ``MAX_THREADS`` (1024); a call uses at most one thread per block of ``LANES``
+        samples, and its workspace is sized (and checked against memory) for those it uses.
 
         Example::
 
             mod.set_threads(2)
             L, g = mod.loss_and_grad(p, x=X, y=Y)
         """
-        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-            raise ValueError(f"set_threads: threads must be an int >= 1, got {threads!r}")
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"set_threads: threads must be an int from 1 to {MAX_THREADS}, got {threads!r}")
         if threads > 1 and self._lgt is None:
             raise ValueError("set_threads: this build has no threaded loss_grad (target cuda uses the GPU)")
         self.threads = int(threads)
 
     def _lg_call(self, n, fp, ptrs, op, gp):
         """The generated loss_grad (or loss_grad_threads) on prepared pointers: its return code."""
-        T = self.threads
+        T = min(self.threads, -(-n // LANES))      # no more threads than blocks: the kernel uses no more
         if T == 1:
             return self._lg(n, fp, *ptrs, op, gp, self._work())
+        if _Fork.child:
+            raise RuntimeError(f"set_threads({self.threads}): {_FORK_MESSAGE}")
+        _Fork.omp = True
         w = getattr(self._local, "wt", None)
         need = int(self._ws_threads(n, T))
         if w is None or w[0] != T or w[1] < need:
+            check_alloc(need, f"the workspace of {T} threads")
             buf = np.empty(-(-need // self.dtype.itemsize), dtype=self.dtype)
             w = self._local.wt = (T, need, self._ptr(buf))
         return self._lgt(T, n, fp, *ptrs, op, gp, w[2])
@@ -412,6 +505,13 @@ class CModule:
             if rt.is_param_buffer(p.flat, p):
                 L = rt.sgd_step_flat(p.flat, 0.1, {"x": X, "y": Y})
         """
+        key = _claim(flat, "sgd_step")
+        try:
+            return self._sgd_flat(flat, lr, data, dropout_rng)
+        finally:
+            _release(key)
+
+    def _sgd_flat(self, flat, lr, data, dropout_rng):
         n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
         g, gp, out, op = self._step_buffers()
         if self.threads > 1:
@@ -493,6 +593,13 @@ class CModule:
                                    {"x": X, "y": Y})
         """
         fn = self._apply_fn(rule)
+        key = _claim(flat, f"{rule}_step")
+        try:
+            return self._apply_flat(fn, rule, flat, buffers, scalars, data, dropout_rng)
+        finally:
+            _release(key)
+
+    def _apply_flat(self, fn, rule, flat, buffers, scalars, data, dropout_rng):
         n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
         _, gp, out, op = self._step_buffers()
         fp = self._held_ptr(flat)

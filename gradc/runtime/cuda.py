@@ -12,12 +12,15 @@ parameters every step, move them to the device once::
     p = mod.to_host(dp)                           # a Params (host numpy) again
 
 ``forward``, ``loss`` and ``loss_and_grad`` accept either host ``Params`` or device parameters.
+Batch sizes are bounded as for the C target (``MAX_BATCH``; ``FLOAT32_MAX_BATCH`` for a float32
+sum): the kernels count samples in a C ``int`` and round the batch up to chunks of 32. One
+``Params`` or ``DeviceParams`` is stepped by one thread at a time (another thread's step raises).
 """
 import numpy as np
 
 from ..abi import ECUDA
 from ..errors import BuildError
-from .c import CModule
+from .c import CModule, _claim, _release
 from .params import Params
 from .updates import adam_apply_scalars, adam_hyper, checked_rate
 
@@ -228,7 +231,11 @@ class CudaModule(CModule):
         """
         lr = checked_rate(lr, "sgd_step", "lr")
         if isinstance(params, DeviceParams):
-            rc, L, _ = self._run_lg(self._sgd, self._device_params(params), data, dropout_rng, (lr,))
+            key = _claim(params.flat, "sgd_step")
+            try:
+                rc, L, _ = self._run_lg(self._sgd, self._device_params(params), data, dropout_rng, (lr,))
+            finally:
+                _release(key)
             self._check(rc, "sgd_step", data)
             return L
         return self.sgd_step_flat(self._writable_flat(params, "sgd_step"), lr, data, dropout_rng)
@@ -238,6 +245,9 @@ class CudaModule(CModule):
 
         Example: ``L = rt.sgd_step_flat(p.flat, 0.1, {"x": X, "y": Y})``.
         """
+        return super().sgd_step_flat(flat, lr, data, dropout_rng)      # claims flat, then _sgd_flat
+
+    def _sgd_flat(self, flat, lr, data, dropout_rng):
         dp = self._scratch("p", self.n_params).copy_from(flat)
         rc, L, _ = self._run_lg(self._sgd, self._dev(dp), data, dropout_rng, (lr,))
         self._check(rc, "sgd_step", data)
@@ -266,13 +276,17 @@ class CudaModule(CModule):
                 and "step" in state):
             raise ValueError("adam_step: with DeviceParams, state must be the dict adam_state() returns")
         dp = self._device_params(params)
-        rc, L, g = self._run_lg(self._lg, dp, data, dropout_rng)
-        self._check(rc, "adam_step", data)
-        t = int(state["step"]) + 1
-        rc = self._apply_fn("adam")(dp, self._dev(g), self._dev(m), self._dev(v),
-                                    *adam_apply_scalars(lr, beta1, beta2, eps, t))
-        self._check(rc, "adam_step")
-        state["step"] = t
+        key = _claim(params.flat, "adam_step")
+        try:
+            rc, L, g = self._run_lg(self._lg, dp, data, dropout_rng)
+            self._check(rc, "adam_step", data)
+            t = int(state["step"]) + 1
+            rc = self._apply_fn("adam")(dp, self._dev(g), self._dev(m), self._dev(v),
+                                        *adam_apply_scalars(lr, beta1, beta2, eps, t))
+            self._check(rc, "adam_step")
+            state["step"] = t
+        finally:
+            _release(key)
         return L
 
     def apply_step_flat(self, rule, flat, buffers, scalars, data, dropout_rng=None):
@@ -280,7 +294,9 @@ class CudaModule(CModule):
 
         Example: ``L = rt.apply_step_flat("adam", p.flat, (m, v), scalars, {"x": X, "y": Y})``.
         """
-        fn = self._apply_fn(rule)
+        return super().apply_step_flat(rule, flat, buffers, scalars, data, dropout_rng)
+
+    def _apply_flat(self, fn, rule, flat, buffers, scalars, data, dropout_rng):
         dp = self._scratch("p", self.n_params).copy_from(flat)
         dbufs = [self._scratch(f"state{i}", self.n_params).copy_from(b) for i, b in enumerate(buffers)]
         rc, L, g = self._run_lg(self._lg, self._dev(dp), data, dropout_rng)
