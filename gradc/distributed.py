@@ -9,11 +9,19 @@ timing and equals the single-process gradient to rounding. Every collective
 has a time limit (``GRADC_MPI_TIMEOUT`` seconds, default 300): a rank that
 died or hangs stops the job with a message instead of a silent wait.
 
+Before the first step (after ``--resume`` restored a checkpoint on every
+rank), the ranks compare a hash of their training state (parameters,
+optimizer and schedule state, epoch and step, random generator) and of their
+data (names, dtypes, shapes and bytes): ranks that resumed from different
+checkpoints, or loaded different data, stop on every rank with a message
+naming what differs (``begin``).
+
 Example (``mpiexec -n 2 python train.py``)::
 
     from mpi4py import MPI
     gradc.fit(mod, p, data, epochs=10, batch_size=64, comm=MPI.COMM_WORLD)
 """
+import hashlib
 import os
 import sys
 import time
@@ -109,3 +117,76 @@ def shard(n, size, rank):
     q, r = divmod(n, size)
     start = rank * q + min(rank, r)
     return slice(start, start + q + (rank < r))
+
+
+def digest(obj, h=None):
+    """A 32-byte hash of nested dicts, lists and tuples of numpy arrays, numbers and strings: dict
+    keys in sorted order, arrays by dtype, shape and bytes. Equal on two ranks when the values are.
+
+    Example: ``digest({"W": np.zeros(3), "step": 4}) == digest({"step": 4, "W": np.zeros(3)})``.
+    """
+    top = h is None
+    h = hashlib.blake2b(digest_size=32) if top else h
+    if isinstance(obj, np.ndarray):
+        h.update(f"array {obj.dtype.str} {obj.shape};".encode())
+        h.update(memoryview(np.ascontiguousarray(obj)).cast("B"))
+    elif isinstance(obj, dict):
+        h.update(f"dict {len(obj)};".encode())
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode() + b"=")
+            digest(obj[k], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__} {len(obj)};".encode())
+        for v in obj:
+            digest(v, h)
+    else:
+        h.update(f"{type(obj).__name__} {obj!r};".encode())
+    return h.digest() if top else None
+
+
+#: what ``begin`` compares, in order, with the advice each disagreement gets
+_CHECKED = (("the restored parameters", "every rank must resume from the same checkpoint"),
+            ("the restored optimizer state", "every rank must resume from the same checkpoint"),
+            ("the restored schedule state", "every rank must resume from the same checkpoint"),
+            ("the restored epoch and step", "every rank must resume from the same checkpoint"),
+            ("the restored random generator state", "every rank must resume from the same checkpoint"),
+            ("the training data", "every rank must load the same data: each takes its shard of every "
+                                  "global batch"),
+            ("the validation data", "every rank must load the same data"))
+
+
+def begin(trainer, data, val_data=None, resume=None):
+    """Data-parallel start of ``Trainer.fit``: every rank restores ``resume`` (when given), then the
+    ranks compare a hash of their state and of their data; any failure or difference raises
+    ``ValueError`` on every rank, naming the first rank that differs from rank 0 and what differs.
+
+    Example (what ``Trainer.fit`` runs under MPI)::
+
+        begin(trainer, {"x": X, "y": Y}, None, "run/checkpoint.npz")
+    """
+    d = trainer.dist
+    failed = None
+    if resume is not None:
+        try:
+            trainer.restore(resume)
+        except Exception as e:           # noqa: BLE001  (told to the other ranks, then raised here)
+            failed = e
+    flags = d.allgather(np.array([failed is not None], dtype=np.uint8), "the check of the restored checkpoints")
+    if failed is not None:
+        raise failed
+    if flags.any():
+        r = int(np.flatnonzero(flags[:, 0])[0])
+        raise ValueError(f"rank {r} could not resume from its checkpoint {resume} (its own message says why); "
+                         "every rank stops")
+    st = trainer.state()
+    sched = st.get("scheduler")
+    parts = [digest(dict(trainer.params)), digest(st["optimizer"]), digest(sched),
+             digest((st["epoch"], st["step"], st["seed"])), digest(st["rng"]),
+             digest(dict(data)), digest(None if val_data is None else dict(val_data))]
+    mine = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(len(parts), -1)
+    every = d.allgather(mine.reshape(-1), "the check of the training state and data")
+    every = every.reshape(d.size, len(parts), -1)
+    for i, (what, advice) in enumerate(_CHECKED):
+        differ = [r for r in range(d.size) if not np.array_equal(every[r, i], every[0, i])]
+        if differ:
+            raise ValueError(f"ranks disagree on {what}: rank {differ[0]} differs from rank 0 ({advice})")

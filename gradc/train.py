@@ -716,7 +716,10 @@ class Trainer:
             early_stopping = EarlyStopping("val_loss" if val_data is not None else "loss", patience=early_stopping)
         self.early = early_stopping
         callbacks = self.callbacks + ([early_stopping] if early_stopping is not None else [])
-        if resume is not None:
+        if self.dist is not None:     # every rank restores, then the ranks compare their state and data
+            from .distributed import begin
+            begin(self, data, val_data, resume)
+        elif resume is not None:
             self.restore(resume)
         bar = _progress(self.progress, epochs)
         if bar is not None:

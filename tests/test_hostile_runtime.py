@@ -288,3 +288,80 @@ def test_threads_stepping_their_own_params_get_the_sequential_result(mod64):
         t.join()
     for q in ps:
         assert np.array_equal(q.flat, expect.flat)
+
+
+# ==== MPI: ranks that resume from different checkpoints, or hold different data ===================
+
+def _mpi():
+    """The launcher of tests/test_mpi.py, or a skip when MPI is missing."""
+    import test_mpi
+    if not test_mpi._have_mpi4py() or test_mpi.MPIEXEC is None:
+        pytest.skip("mpi4py or mpiexec is missing")
+    return test_mpi
+
+
+@pytest.fixture(scope="module")
+def mpi_env(tmp_path_factory):
+    tm = _mpi()
+    d = tmp_path_factory.mktemp("hr_mpi")
+    (d / "model.py").write_text(tm.MODEL)
+    (d / "rankrun.py").write_text(tm.RANKRUN)
+    for seed in (0, 1):
+        np.savez(d / f"data{seed}.npz", **tm._data(40, seed))
+    gradc.compile_model(gradc.load_model_file(str(d / "model.py")))      # the ranks find it in the cache
+    return dict(dir=d, model=str(d / "model.py"))
+
+
+def _train_args(mpi_env, data, *more):
+    return ["train", mpi_env["model"], "--data", str(mpi_env["dir"] / data), "--batch-size", "8", "--seed", "3",
+            "--optimizer", "adam", "--lr", "0.01", "--quiet", *more]
+
+
+def _mpmd(tm, mpi_env, cwd, per_rank):
+    return tm.Launch(mpi_env, cwd, len(per_rank), [[*tm._gradc(), *a] for a in per_rank],
+                     env={"GRADC_MPI_TIMEOUT": "20"})
+
+
+def test_mpi_ranks_resuming_from_different_checkpoints_fail_on_every_rank(mpi_env, tmp_path, run_cli):
+    tm = _mpi()
+    cks = []
+    for data in ("data0.npz", "data1.npz"):     # the same run's settings, trained on different data
+        out = tmp_path / data
+        r = run_cli(*_train_args(mpi_env, data, "--epochs", "1", "-o", str(out)))
+        assert r.returncode == 0, r.stderr
+        cks.append(str(out / "checkpoint.npz"))
+    run = _mpmd(tm, mpi_env, tmp_path / "mpi", [_train_args(mpi_env, "data0.npz", "--epochs", "3", "-o", "run",
+                                                            "--resume", ck) for ck in cks])
+    tm._fails_on_every_rank(run, "ranks disagree on the restored parameters", "rank 1 differs from rank 0",
+                            "same checkpoint")
+    assert run.seconds < 20, "found by the time limit, not by the check"
+
+
+def test_mpi_ranks_given_different_data_fail_on_every_rank(mpi_env, tmp_path):
+    tm = _mpi()
+    run = _mpmd(tm, mpi_env, tmp_path / "mpi", [_train_args(mpi_env, data, "--epochs", "1", "-o", "run")
+                                                for data in ("data0.npz", "data1.npz")])
+    tm._fails_on_every_rank(run, "ranks disagree on the training data", "rank 1 differs from rank 0")
+    assert not os.path.exists(os.path.join(run.rank_dir(0), "run", "checkpoint.npz"))
+
+
+def test_mpi_a_rank_that_cannot_restore_stops_every_rank_at_once(mpi_env, tmp_path, run_cli):
+    tm = _mpi()
+    out = tmp_path / "one"
+    r = run_cli(*_train_args(mpi_env, "data0.npz", "--epochs", "1", "-o", str(out)))
+    assert r.returncode == 0, r.stderr
+    ck = str(out / "checkpoint.npz")
+    run = _mpmd(tm, mpi_env, tmp_path / "mpi", [_train_args(mpi_env, "data0.npz", "--epochs", "2", "-o", "run",
+                                                            "--resume", c) for c in (ck, ck + ".missing")])
+    assert run.returncode != 0 and run.seconds < 20, run.everything()
+    assert "rank 1 could not resume from its checkpoint" in run.err(0), run.everything()
+    assert "missing" in run.err(1) and "Traceback" not in run.everything(), run.everything()
+
+
+def test_mpi_digest_sees_every_part_of_the_state():
+    from gradc.distributed import digest
+    a = {"W": np.zeros(3), "step": 4, "rng": {"state": {"state": 1, "inc": 2}}}
+    assert digest(a) == digest({"rng": {"state": {"inc": 2, "state": 1}}, "step": 4, "W": np.zeros(3)})
+    for b in ({**a, "W": np.zeros(3, np.float32)}, {**a, "W": np.zeros((1, 3))}, {**a, "step": 5},
+              {**a, "W": np.array([0.0, 0.0, 1e-300])}, {**a, "rng": {"state": {"state": 1, "inc": 3}}}):
+        assert digest(b) != digest(a)
