@@ -157,8 +157,9 @@ def read_npz(path, what, limit_bytes=None):
             if packed > size:
                 raise bad(f"its members claim {_gib(packed)} of data in a file of {_gib(size)}")
             if limit and total > limit:
-                raise bad(f"it would decompress to {_gib(total)}, more than "
-                          f"{'the ' + _gib(limit) + ' allowed' if limit_bytes is not None else 'this machine' + chr(39) + 's ' + _gib(limit) + ' of memory'}")
+                bound = (f"the {_gib(limit)} it may hold" if limit_bytes is not None
+                         else f"this machine's {_gib(limit)} of memory")
+                raise bad(f"it would decompress to {_gib(total)}, more than {bound}")
             out = {}
             for info in infos:
                 name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
