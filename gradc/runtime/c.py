@@ -373,7 +373,7 @@ class CModule:
             L, g = mod.loss_and_grad(p, x=X, y=Y)
         """
         if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= MAX_THREADS:
-            raise ValueError(f"set_threads: threads must be an int from 1 to {MAX_THREADS}, got {threads!r}")
+            raise ValueError(f"set_threads: threads must be an int >= 1 and <= {MAX_THREADS}, got {threads!r}")
         if threads > 1 and self._lgt is None:
             raise ValueError("set_threads: this build has no threaded loss_grad (target cuda uses the GPU)")
         self.threads = int(threads)
