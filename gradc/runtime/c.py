@@ -67,10 +67,17 @@ _FORK_MESSAGE = ("this process was forked after gradc ran a model on several Ope
 _STEPPING = {}
 
 
-def _claim(buf, fn):
+def claim_params(buf, fn):
     """Mark ``buf`` as being stepped by this thread; refuse when another thread is stepping it (two
     threads stepping one ``Params`` interleave their reads and writes: the result would change from
-    run to run). Returns the key ``_release`` takes."""
+    run to run). Returns the key ``release_params`` takes. Example::
+
+        key = claim_params(params.flat, "sgd_step")
+        try:
+            ...                         # the step
+        finally:
+            release_params(key)
+    """
     key, me = id(buf), threading.get_ident()
     if _STEPPING.setdefault(key, me) != me:      # setdefault is atomic: one thread wins
         raise RuntimeError(f"{fn}: these parameters are being stepped by another thread right now; one "
@@ -79,7 +86,8 @@ def _claim(buf, fn):
     return key
 
 
-def _release(key):
+def release_params(key):
+    """End the step ``claim_params`` began: ``key = claim_params(flat, "sgd_step")`` ... ``release_params(key)``."""
     _STEPPING.pop(key, None)
 
 
@@ -505,11 +513,11 @@ class CModule:
             if rt.is_param_buffer(p.flat, p):
                 L = rt.sgd_step_flat(p.flat, 0.1, {"x": X, "y": Y})
         """
-        key = _claim(flat, "sgd_step")
+        key = claim_params(flat, "sgd_step")
         try:
             return self._sgd_flat(flat, lr, data, dropout_rng)
         finally:
-            _release(key)
+            release_params(key)
 
     def _sgd_flat(self, flat, lr, data, dropout_rng):
         n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
@@ -593,11 +601,11 @@ class CModule:
                                    {"x": X, "y": Y})
         """
         fn = self._apply_fn(rule)
-        key = _claim(flat, f"{rule}_step")
+        key = claim_params(flat, f"{rule}_step")
         try:
             return self._apply_flat(fn, rule, flat, buffers, scalars, data, dropout_rng)
         finally:
-            _release(key)
+            release_params(key)
 
     def _apply_flat(self, fn, rule, flat, buffers, scalars, data, dropout_rng):
         n, arrays = self._data(data, self._specs, "input or target", dropout_rng)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..abi import ECUDA
 from ..errors import BuildError
-from .c import CModule, _claim, _release
+from .c import CModule, claim_params, release_params
 from .params import Params
 from .updates import adam_apply_scalars, adam_hyper, checked_rate
 
@@ -231,11 +231,11 @@ class CudaModule(CModule):
         """
         lr = checked_rate(lr, "sgd_step", "lr")
         if isinstance(params, DeviceParams):
-            key = _claim(params.flat, "sgd_step")
+            key = claim_params(params.flat, "sgd_step")
             try:
                 rc, L, _ = self._run_lg(self._sgd, self._device_params(params), data, dropout_rng, (lr,))
             finally:
-                _release(key)
+                release_params(key)
             self._check(rc, "sgd_step", data)
             return L
         return self.sgd_step_flat(self._writable_flat(params, "sgd_step"), lr, data, dropout_rng)
@@ -276,7 +276,7 @@ class CudaModule(CModule):
                 and "step" in state):
             raise ValueError("adam_step: with DeviceParams, state must be the dict adam_state() returns")
         dp = self._device_params(params)
-        key = _claim(params.flat, "adam_step")
+        key = claim_params(params.flat, "adam_step")
         try:
             rc, L, g = self._run_lg(self._lg, dp, data, dropout_rng)
             self._check(rc, "adam_step", data)
@@ -286,7 +286,7 @@ class CudaModule(CModule):
             self._check(rc, "adam_step")
             state["step"] = t
         finally:
-            _release(key)
+            release_params(key)
         return L
 
     def apply_step_flat(self, rule, flat, buffers, scalars, data, dropout_rng=None):
