@@ -139,16 +139,28 @@ def cmd_compile(args):
     model = _load(args)
     if args.name:
         model.name = args.name
-    entry, meta = build_model(model, args.dtype, args.target)
     modname = module_name(ident(model.name, "model"))
-    M = meta["prefix"]
-    src_name = M + get_target(args.target).suffix
+    for attempt in range(3):
+        entry, meta = build_model(model, args.dtype, args.target)
+        M = meta["prefix"]
+        src_name = M + get_target(args.target).suffix
+        try:        # read into memory first: another process's eviction may remove the entry any time
+            blobs = {}
+            for fn in (src_name, f"{M}.h", meta["so"]):
+                with open(os.path.join(entry, fn), "rb") as f:
+                    blobs[fn] = f.read()
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise BuildError(f"the cache entry {entry} was removed while it was copied, three times "
+                                 "(other processes evicting? raise GRADC_CACHE_MAX_BYTES)") from None
     meta_file = f"{modname}.gradc.json"
     # all checked before any is written: a compile never replaces the user's own files
     prepare_outputs(args.outdir, [src_name, f"{M}.h", meta["so"], meta_file, f"{modname}.py"],
                     args.force, "compile", protect=[args.model_file])
-    for fn in (src_name, f"{M}.h", meta["so"]):
-        _copy(os.path.join(entry, fn), os.path.join(args.outdir, fn))
+    from .api import write_output
+    for fn, data in blobs.items():
+        write_output(os.path.join(args.outdir, fn), data)
     _write(os.path.join(args.outdir, meta_file), json.dumps(meta, indent=1, sort_keys=True))
     from importlib import resources
 
@@ -175,12 +187,6 @@ def module_name(c_name):
     if keyword.iskeyword(c_name) or c_name in stdlib or c_name in _SHADOWED:
         return c_name + "_model"
     return c_name
-
-
-def _copy(src, dst):
-    from .api import write_output
-    with open(src, "rb") as f:
-        write_output(dst, f.read())
 
 
 def _write(path, text):

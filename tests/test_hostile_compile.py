@@ -241,3 +241,24 @@ def test_os_functions_are_restored_after_a_model_file(write_model):
     with pytest.raises(gc.ModelError, match="os._exit"):
         gc.load_model_file(path)
     assert (os.fork, os._exit) == saved
+
+
+def test_compile_rebuilds_when_another_process_evicts_its_entry_before_the_copy(tmp_path, monkeypatch, capsys):
+    """Eviction by another process may remove the entry between the build and the copy: the CLI
+    reads the files into memory and, when they are gone, builds again instead of a traceback."""
+    import shutil
+
+    import gradc.api
+    from gradc import cli
+    real, calls = gradc.api.build_model, []
+
+    def evicted_once(*a, **k):
+        entry, meta = real(*a, **k)
+        calls.append(entry)
+        if len(calls) == 1:
+            shutil.rmtree(entry)            # as another process's eviction would
+        return entry, meta
+    monkeypatch.setattr(gradc.api, "build_model", evicted_once)
+    out = tmp_path / "out"
+    assert cli.main(["compile", os.path.join(ROOT, "examples", "moons", "model.py"), "-o", str(out)]) == 0
+    assert len(calls) == 2 and (out / "moons.c").is_file() and (out / "moons.py").is_file()
