@@ -190,14 +190,16 @@ def save_checkpoint(path, params, state, model_hash):
     arrays["model_hash"] = np.frombuffer(model_hash.encode(), dtype=np.uint8)
     arrays["gradc_version"] = np.frombuffer(__version__.encode(), dtype=np.uint8)
     d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
     tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
+        os.makedirs(d, exist_ok=True)
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:        # a full disk says ENOSPC with no file: name the checkpoint
+        raise OSError(e.errno, f"cannot write the checkpoint: {e.strerror or e}", path) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -450,3 +450,21 @@ def test_cli_nan_in_a_batch_suggests_the_cli_option_and_nan_skip_trains_on(run_c
     assert r.returncode == 0, r.stderr
     hist = json.loads((tmp_path / "r" / "history.json").read_text())
     assert hist["skipped_batches"] == [1, 1]
+
+
+def test_a_checkpoint_that_cannot_be_written_names_its_path(tmp_path, monkeypatch):
+    """A full disk raises ENOSPC from the write with no file name: the error names the checkpoint."""
+    import errno
+
+    import numpy as np
+
+    from gradc import train
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(np, "savez", full)
+    path = tmp_path / "run.npz"
+    with pytest.raises(OSError) as e:
+        train.save_checkpoint(str(path), {"a": np.zeros(2)}, {}, "hash")
+    assert str(path) in str(e.value) and "No space left" in str(e.value)
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
