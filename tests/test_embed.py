@@ -681,6 +681,9 @@ def test_inference_only_object_is_small_and_footprint_is_reported(prepared, infe
         lanes = inf.get(f"{MU}_LANES")
         if lanes is not None:       # the header's least-memory build: -DNAME_LANES=1
             one = _probe(inference_export(model, dtype), P.M, sub, defines=[f"-D{MU}_LANES=1"])
+            README_ROWS[model, dtype] = [text[model, dtype, "inf", "-Os"], text[model, dtype, "inf1", "-Os"],
+                                         ram_inf, params + one[f"{MU}_WORKSPACE_BYTES"],
+                                         text[model, dtype, "full", "-Os"], ram_full]
             ram_inf1 = f"{params + one[f'{MU}_WORKSPACE_BYTES']} B"
             code_inf1 = f"{text[model, dtype, 'inf1', '-Os']} B"
         else:
@@ -704,6 +707,33 @@ def test_inference_only_object_is_small_and_footprint_is_reported(prepared, infe
         s = SIZES[model, dtype]
         assert s["inf_Os"] < s["full_Os"] and s["inf_O2"] < s["full_O2"], "inference-only is not smaller"
         assert s["ram_inf"] < s["ram_full"]
+    _readme_footprint_matches(README_ROWS)
+
+
+README_ROWS = {}                # (model, dtype) -> the numbers of the README's footprint table
+
+
+def _readme_footprint_matches(rows):
+    """The README's footprint table holds what this test measured (with the gcc major version the
+    table names; another compiler makes other sizes, and the comparison is skipped)."""
+    with open(os.path.join(os.path.dirname(EXAMPLES), "README.md")) as f:
+        readme = f.read()
+    stated = re.search(r"Footprint \(gcc (\d+)", readme)
+    assert stated, "the README's footprint table does not name its compiler"
+    major = _run([GCC, "-dumpversion"]).stdout.strip().split(".")[0]
+    if major != stated.group(1) or len(rows) != len(COMBOS):
+        return
+    table = readme[stated.start():readme.index("\n\n", readme.index("| model | dtype |", stated.start()))]
+    got = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) < 6 or not cells[1] in DTYPES:
+            continue
+        model = cells[0].split()[0]
+        got[model, cells[1]] = [int(v.replace(",", "")) for c in cells[2:] for v in re.findall(r"[\d,]+(?= B)", c)]
+    for key, want in rows.items():
+        assert got.get(key) == want, (f"README footprint row {key} says {got.get(key)}, measured {want} "
+                                      f"(regenerate it: pytest -s tests/test_embed.py -k footprint)")
 
 
 # ---- 6. the header's documentation and the weights file ----------------------------------
