@@ -11,7 +11,7 @@ from gradc.optim import adagrad, adam, adamw, rmsprop, sgd
 
 
 def test_the_registry_lists_every_optimizer_in_torchs_order():
-    assert optim.available() == ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+    assert optim.available() == ("sgd", "adam", "adamw", "rmsprop", "adagrad", "lbfgs")
     assert optim.OPTIMIZERS["adamw"] is optim.AdamW
     assert all(issubclass(c, optim.Optimizer) for c in optim.OPTIMIZERS.values())
 

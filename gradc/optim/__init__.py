@@ -23,8 +23,8 @@ groups::
 
 The layout follows ``torch.optim``: ``optimizer.py`` holds the base class and the registry
 (``OPTIMIZERS``, ``available()``), each algorithm its own module (``sgd``, ``adam``,
-``rmsprop``, ``adagrad``: the class, a functional core, the fused C step where there is one),
-``clip_grad.py`` gradient clipping, and :mod:`gradc.optim.lr_scheduler` the learning-rate
+``rmsprop``, ``adagrad``, ``lbfgs``: the class, a functional core, the fused C step where there
+is one), ``clip_grad.py`` gradient clipping, and :mod:`gradc.optim.lr_scheduler` the learning-rate
 schedules. This file only re-exports.
 """
 from .optimizer import OPTIMIZERS, Optimizer, available, register
@@ -33,9 +33,10 @@ from .sgd import SGD, sgd  # noqa: I001
 from .adam import Adam, AdamW, adam, adamw
 from .rmsprop import RMSprop, rmsprop
 from .adagrad import Adagrad, adagrad
+from .lbfgs import LBFGS, lbfgs
 from .clip_grad import clip_grad_norm, clip_grad_norm_
 from . import lr_scheduler
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "clip_grad_norm",
-           "clip_grad_norm_", "lr_scheduler", "sgd", "adam", "adamw", "rmsprop", "adagrad",
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "LBFGS", "clip_grad_norm",
+           "clip_grad_norm_", "lr_scheduler", "sgd", "adam", "adamw", "rmsprop", "adagrad", "lbfgs",
            "OPTIMIZERS", "available", "register"]

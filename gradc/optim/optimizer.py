@@ -42,7 +42,7 @@ def register(name):
 def available():
     """The registered optimizers' names, in registration order.
 
-    Example: ``available()  # ('sgd', 'adam', 'adamw', 'rmsprop', 'adagrad')``.
+    Example: ``available()  # ('sgd', 'adam', 'adamw', 'rmsprop', 'adagrad', 'lbfgs')``.
     """
     return tuple(OPTIMIZERS)
 
