@@ -53,7 +53,8 @@ def _parser():
     t.add_argument("-o", "--outdir", default="run", help="where the checkpoint and history go (default: run)")
     t.add_argument("--epochs", type=int, default=10,
                    help="epochs in all, counting those of a resumed run (at least 1; default 10)")
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="samples per step (default: 32; with --optimizer lbfgs, the whole training set)")
     t.add_argument("--optimizer", default="adam", help=_either(available_optimizers()))
     t.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: the optimizer's); with --resume, the checkpoint's unless "

@@ -340,10 +340,14 @@ class Trainer:
 
         t = Trainer(mod, params, optimizer="sgd", lr=0.1, batch_size=32, seed=0)
         hist = t.fit({"x": X, "y": Y}, epochs=10, val_data={"x": Xv, "y": Yv})
+
+    ``batch_size`` defaults to 32. An optimizer that re-evaluates the loss (``needs_closure``:
+    L-BFGS) trains on full batches: each epoch is one ``step(closure)`` on the whole training set
+    (up to ``max_iter`` iterations), ``batch_size`` defaults to all of it, and a smaller one is refused.
     """
 
     def __init__(self, module, params, optimizer="adam", lr=None, *, optimizer_options=None, options=None,
-                 frozen=(), batch_size=32, seed=0, shuffle=True, metrics=("loss",), output=None, target=None,
+                 frozen=(), batch_size=None, seed=0, shuffle=True, metrics=("loss",), output=None, target=None,
                  transform=None, scheduler=None, scheduler_interval="epoch", clip_grad_norm=None, nan="raise",
                  callbacks=(), progress=None, drop_last=False, comm=None):
         self.module, self.params = module, params
@@ -366,10 +370,14 @@ class Trainer:
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', not {scheduler_interval!r}")
         if nan not in ("raise", "skip"):
             raise ValueError(f"nan must be 'raise' or 'skip', not {nan!r}")
-        if int(batch_size) < 1:
+        if batch_size is None:     # an optimizer that re-evaluates the loss (L-BFGS): the whole training set
+            batch_size = None if getattr(optimizer, "needs_closure", False) else 32
+        elif int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        else:
+            batch_size = int(batch_size)
         self.scheduler_interval, self.clip, self.nan = scheduler_interval, clip_grad_norm, nan
-        self.batch_size, self.shuffle, self.drop_last = int(batch_size), shuffle, drop_last
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.rng = seed, np.random.default_rng(seed)
         self.transform, self.callbacks, self.progress = transform, list(callbacks), progress
         if hasattr(transform, "bind"):      # tell a transform which arrays are the model's inputs
@@ -393,7 +401,7 @@ class Trainer:
         """Data-parallel set-up: same model everywhere, rank 0's parameters, shards of equal size."""
         from .distributed import Comm
         self.dist = d = Comm(comm)
-        if self.batch_size % d.size:
+        if self.batch_size is not None and self.batch_size % d.size:
             raise ValueError(f"the global batch size {self.batch_size} is not divisible by the {d.size} ranks; "
                              f"choose a multiple of {d.size}")
         info = runtime_of(self.module).info
@@ -651,6 +659,8 @@ class Trainer:
 
     def train_epoch(self, data):
         n = len(next(iter(data.values())))
+        if getattr(self.optimizer, "needs_closure", False):
+            return self._closure_epoch(data, n)
         losses, skipped = [], 0
         for b, idx in enumerate(self._batches(n)):
             batch = {k: v[idx] for k, v in data.items()}
@@ -687,6 +697,33 @@ class Trainer:
         if skipped:
             logs["skipped_batches"] = skipped
         return logs
+
+    def _closure_epoch(self, data, n):
+        """One ``step(closure)`` on the whole training set, for an optimizer that re-evaluates the loss
+        (L-BFGS: ``needs_closure``). The transform and the dropout masks are drawn once per epoch, so
+        that every evaluation within the step sees the same function."""
+        name = type(self.optimizer).__name__
+        if self.batch_size is not None and self.batch_size < n:
+            raise ValueError(f"{name} trains on the full batch, but batch_size={self.batch_size} is smaller than "
+                             f"the {n} training samples; leave batch_size out (or give at least {n})")
+        if self.clip is not None:
+            raise ValueError(f"clip_grad_norm does not apply to {name}: its line search needs the true gradient")
+        batch = self.transform(dict(data), self.rng) if self.transform is not None else data
+        why = self._nonfinite(batch)
+        if why is None:
+            batch = runtime_of(self.module).fill_masks(batch, self.rng)
+            loss = float(self.optimizer.step(lambda: self._loss_and_grad(batch)))
+            why = None if math.isfinite(loss) else f"the loss is {loss}"
+        if why is not None:
+            if self.nan == "raise":
+                raise ValueError(f"epoch {self.epoch}, batch 0: {why}; {self.nan_advice}")
+            return {"loss": float("nan"), "skipped_batches": 1}
+        self.step_count += 1
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        for cb in self.callbacks:
+            cb.on_batch_end(self, self.step_count, {"loss": loss, "batch": 0})
+        return {"loss": loss}
 
     def fit(self, train_data, epochs=10, val_data=None, val_split=None, early_stopping=None,
             checkpoint=None, resume=None):
