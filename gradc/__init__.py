@@ -24,13 +24,14 @@ _LAZY = {
     "Sigmoid": "functions", "Softplus": "functions",
     "fit": "train", "Trainer": "train", "EarlyStopping": "train", "Callback": "train",
     "GaussianNoise": "train", "Mixup": "train", "save_checkpoint": "train", "load_checkpoint": "train",
+    "predict": "train", "lr_find": "lr_finder",
 }
 _NN = ("relu", "tanh", "exp", "log", "sqrt", "abs", "sigmoid", "softplus", "dense", "logsumexp",
        "log_softmax", "softmax", "softmax_cross_entropy", "bce_with_logits", "binary_cross_entropy",
        "mse", "hinge", "embedding", "sum_squares", "elementwise", "dropout")
 _LAZY.update({n: "nn" for n in _NN})
 _SUBMODULES = ("init", "model", "nn", "ir", "autodiff", "simplify", "rewrite", "functions", "build",
-               "runtime", "api", "cli", "codegen", "errors", "optim", "train", "metrics", "show")
+               "runtime", "api", "cli", "codegen", "errors", "optim", "train", "lr_finder", "metrics", "show")
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

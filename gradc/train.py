@@ -494,13 +494,13 @@ class Trainer:
         return None
 
     # ---- evaluation ----------------------------------------------------
-    def predict(self, data, batch_size=1024):
-        """The model's outputs for ``data`` (evaluation mode: no dropout)."""
-        ins = {k: np.asarray(v) for k, v in data.items() if k in self.module.input_shapes}
-        n = len(next(iter(ins.values())))
-        parts = [self.module.forward(self.params, **{k: v[i:i + batch_size] for k, v in ins.items()})
-                 for i in range(0, n, batch_size)]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    def predict(self, data, batch_size=1024, *, mc_samples=None, seed=0):
+        """The model's outputs for ``data`` (evaluation mode: no dropout); with ``mc_samples=N``,
+        their mean and standard deviation over N dropout masks. See ``gradc.train.predict``.
+
+        Example: ``mean, std = t.predict({"x": X}, mc_samples=50, seed=0)``.
+        """
+        return predict(self.module, self.params, data, batch_size, mc_samples=mc_samples, seed=seed)
 
     def evaluate(self, data, prefix=""):
         """The metrics on ``data``: ``{"loss": ..., "accuracy": ...}`` (evaluation mode)."""
@@ -815,6 +815,55 @@ def fit(module, params, train_data, *, epochs=10, val_data=None, val_split=None,
     t = Trainer(module, params, **trainer_options)
     return t.fit(train_data, epochs=epochs, val_data=val_data, val_split=val_split,
                  early_stopping=early_stopping, checkpoint=checkpoint, resume=resume)
+
+
+def predict(module, params, data, batch_size=1024, *, mc_samples=None, seed=0):
+    """The outputs of ``module`` for ``data``: ``{"score": array (N, ...)}``, in evaluation mode
+    (no dropout). Arrays of ``data`` that are not inputs (targets) are ignored.
+
+    With ``mc_samples=N`` (Monte Carlo dropout, Gal & Ghahramani 2016): two dicts ``(mean, std)``,
+    the mean and the standard deviation (``ddof=0``, float64) of each output over N forward passes, each
+    with fresh dropout masks drawn from ``numpy.random.default_rng(seed)`` (``seed`` may also be
+    a ``Generator``, which is then advanced). The same seed and ``batch_size`` give the same
+    bits. A model without dropout has nothing to sample: it warns, and ``std`` is all zeros.
+
+    Example::
+
+        mean, std = gradc.predict(mod, p, {"x": X}, mc_samples=100, seed=0)
+        mean["score"].shape, std["score"].shape      # (N,), (N,): std is wider off the data
+    """
+    ins = {k: np.asarray(v) for k, v in data.items() if k in module.input_shapes}
+    n = len(next(iter(ins.values())))
+    chunks = [{k: v[i:i + batch_size] for k, v in ins.items()} for i in range(0, n, batch_size)]
+
+    def once(rng):
+        parts = [module.forward(params, dropout_rng=rng, **c) for c in chunks]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    if mc_samples is None:
+        return once(None)
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 1:
+        raise ValueError(f"mc_samples must be a whole number >= 1, not {mc_samples!r}")
+    if not runtime_of(module).info.dropout_inputs:
+        import warnings
+        warnings.warn("predict(mc_samples=...): this model has no dropout, so every sample is the same "
+                      "and the standard deviation is 0 (add gc.dropout(h, p) to the model)", stacklevel=2)
+        mean = once(None)
+        return mean, {k: np.zeros_like(v) for k, v in mean.items()}
+    rng = np.random.default_rng(seed)
+    # Welford's running mean and sum of squared deviations: memory of one sample, not of N
+    mean = m2 = None
+    for s in range(int(mc_samples)):
+        out = {k: v.astype(np.float64) for k, v in once(rng).items()}
+        if mean is None:
+            mean, m2 = out, {k: np.zeros_like(v) for k, v in out.items()}
+            continue
+        for k, v in out.items():
+            d = v - mean[k]
+            mean[k] += d / (s + 1)
+            m2[k] += d * (v - mean[k])
+    std = {k: np.sqrt(v / mc_samples) for k, v in m2.items()}
+    return mean, std
 
 
 # ---- augmentation --------------------------------------------------------------
