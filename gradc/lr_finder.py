@@ -110,6 +110,10 @@ def lr_find(module, params, data, *, start_lr=1e-7, end_lr=10.0, num_steps=100, 
     work = params.copy() if isinstance(params, Params) else {k: np.array(v, copy=True) for k, v in params.items()}
     t = Trainer(module, work, optimizer=optimizer, lr=start_lr, optimizer_options=optimizer_options,
                 options=options, frozen=frozen, batch_size=batch_size, seed=seed)
+    if getattr(t.optimizer, "needs_closure", False):
+        raise ValueError(f"lr_find: {type(t.optimizer).__name__} chooses its own step length (a line search "
+                         "on full batches), so there is no learning rate to sweep; use sgd, adam or another "
+                         "first-order optimizer")
     data = t.check_data(data, finite=True)
     n = len(next(iter(data.values())))
     rng = np.random.default_rng(seed)

@@ -177,6 +177,8 @@ def test_lr_find_refuses_a_bad_range(line):
         gc.lr_find(mod, mod.init_params(seed=0), data, start_lr=1.0, end_lr=1e-3)
     with pytest.raises(ValueError, match="suggest must be"):
         gc.lr_find(mod, mod.init_params(seed=0), data, suggest="valley")
+    with pytest.raises(ValueError, match="no learning rate to sweep"):
+        gc.lr_find(mod, mod.init_params(seed=0), data, optimizer="lbfgs")
 
 
 def test_lr_find_draws_its_plot(line, tmp_path):
