@@ -208,11 +208,12 @@ def save_checkpoint(path, params, state, model_hash):
 def checkpoint_limit(param_shapes):
     """The most bytes a checkpoint of a model with these parameter shapes may decompress to.
 
-    Parameters, up to three optimizer buffers and the early-stopping copy, each at 8 bytes a value,
-    plus 64 MiB for the training state. Example: ``checkpoint_limit({"W": (16, 2)})``.
+    Parameters, the optimizer's buffers (L-BFGS keeps the most: 2 * history_size + 2 flat vectors,
+    202 with its default history of 100) and the early-stopping copy, each at 8 bytes a value, plus
+    64 MiB for the training state. Example: ``checkpoint_limit({"W": (16, 2)})``.
     """
     n = sum(math.prod(s) for s in param_shapes.values())
-    return 8 * 8 * n + (64 << 20)
+    return 8 * (8 + 202) * n + (64 << 20)
 
 
 def checkpoint_params(files, what):

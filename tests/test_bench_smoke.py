@@ -94,3 +94,15 @@ def test_readme_line_counts_are_what_the_generator_writes(tmp_path):
     widths = [int(w) for w in re.search(r"\| 32-W-10 MLP, width W \|([^\n]*)", readme).group(1).split("|") if w.strip()]
     lines = [int(v) for v in re.search(r"\| generated \.c \(lines\) \|([^\n]*)", readme).group(1).split("|") if v.strip()]
     assert lines == [_c_lines(None, (w, str(tmp_path))) for w in widths]
+
+
+def test_readme_lbfgs_digits_accuracies_are_what_the_bench_gives(tmp_path):
+    """The README's L-BFGS comparison: the seeded accuracies of gradc's runs are bench/lbfgs_digits.py's."""
+    import re
+    pytest.importorskip("sklearn")
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    bench = _bench_module("lbfgs_digits")
+    for label, acc, _ in bench.rows(("lbfgs", "lbfgs_l2", "adam"), tmp=str(tmp_path)):
+        m = re.search(r"\| " + re.escape(label) + r" \| ([\d.]+)% \|", readme)
+        assert m, f"the README has no row {label!r}"
+        assert m.group(1) == f"{100 * acc:.1f}", (label, m.group(1), acc)
