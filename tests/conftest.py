@@ -3,6 +3,7 @@ import os
 import shutil
 import sys
 import tempfile
+import tracemalloc
 
 import pytest
 
@@ -45,3 +46,30 @@ def run_cli():
         return subprocess.run([sys.executable, "-m", "gradc.cli", *args], capture_output=True, text=True,
                               cwd=cwd, env=e, timeout=300)
     return run
+
+
+@pytest.fixture
+def count_differentiate(monkeypatch):
+    """Counts calls of gradc.autodiff.differentiate (that is, cache misses) in this process."""
+    import gradc.autodiff
+    real, calls = gradc.autodiff.differentiate, []
+
+    def counting(prog):
+        calls.append(prog.name)
+        return real(prog)
+    monkeypatch.setattr(gradc.autodiff, "differentiate", counting)
+    return calls
+
+
+def peak_during(fn):
+    """(result or exception, peak bytes traced while running fn): ``out, peak = peak_during(load)``."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        try:
+            out = fn()
+        except Exception as e:               # noqa: BLE001 (returned for the caller to check)
+            out = e
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

@@ -57,18 +57,6 @@ def cache(tmp_path, monkeypatch):
     return d
 
 
-@pytest.fixture
-def count_differentiate(monkeypatch):
-    """Counts calls of gradc.autodiff.differentiate (that is, cache misses) in this process."""
-    import gradc.autodiff
-    real, calls = gradc.autodiff.differentiate, []
-
-    def counting(prog):
-        calls.append(prog.name)
-        return real(prog)
-    monkeypatch.setattr(gradc.autodiff, "differentiate", counting)
-    return calls
-
 
 # ---- (a) two processes race on one new model ------------------------------------
 RACER = r"""

@@ -49,17 +49,6 @@ def private_tmp(tmp_path, monkeypatch):
     return d
 
 
-@pytest.fixture
-def count_differentiate(monkeypatch):
-    import gradc.autodiff
-    real, calls = gradc.autodiff.differentiate, []
-
-    def counting(prog):
-        calls.append(prog.name)
-        return real(prog)
-    monkeypatch.setattr(gradc.autodiff, "differentiate", counting)
-    return calls
-
 
 def _fallback(tmp):
     return tmp / f"gradc-cache-{os.getuid()}"

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ import pytest
 import gradc
 import gradc as gc
 import gradc.runtime
-from conftest import ROOT
+from conftest import ROOT, peak_during
 from gradc.optim.lr_scheduler import StepLR
 from gradc.train import Trainer, load_checkpoint, save_checkpoint
 
@@ -318,23 +317,11 @@ def test_model_named_like_a_reserved_c_identifier_gives_clean_c(model_name, tmp_
 
 # ==== shapes too large for memory ==========================================================
 
-def _peak_during(fn):
-    """(result or exception, peak bytes traced while running fn)."""
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        try:
-            out = fn()
-        except Exception as e:               # noqa: BLE001 (returned for the caller to check)
-            out = e
-        return out, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def test_param_of_a_million_by_a_million_is_refused_when_declared():
     m = gc.Model("huge_param")
-    out, peak = _peak_during(lambda: m.param("W", (10 ** 6, 10 ** 6)))
+    out, peak = peak_during(lambda: m.param("W", (10 ** 6, 10 ** 6)))
     assert isinstance(out, gradc.ModelError), out
     assert "'W'" in str(out) and "(1000000, 1000000)" in str(out) and "1,000,000,000,000" in str(out)
     assert peak < 1 << 20
@@ -353,7 +340,7 @@ def test_tensors_whose_total_exceeds_the_limit_are_refused_before_allocating(kin
         Z = m.define("Z", (2 ** 15, 2 ** 15), lambda i, j: a * x[i] * x[j])
         Z2 = m.define("Z2", (2 ** 15, 2 ** 15), lambda i, j: 2 * Z[i, j])
         m.loss(Z2[0, 0])
-    out, peak = _peak_during(lambda: lower_model(m))
+    out, peak = peak_during(lambda: lower_model(m))
     assert isinstance(out, gradc.ModelError), out
     assert f"the model's {kind} hold 2,147,483,6" in str(out) and "32-bit" in str(out)
     assert peak < 16 << 20, f"{peak:,} bytes allocated before refusing"
@@ -395,7 +382,7 @@ def test_forward_whose_outputs_exceed_physical_memory_is_refused_before_allocati
     need = n * 8
     x, u = np.zeros((n, 3)), np.zeros(n, dtype=np.int32)
     monkeypatch.setattr(gradc.runtime.memory, "physical_memory", lambda: 1 << 20)
-    out, peak = _peak_during(lambda: rt.forward(p, x=x, u=u))
+    out, peak = peak_during(lambda: rt.forward(p, x=x, u=u))
     assert isinstance(out, ValueError), out
     assert f"the outputs of a batch of {n:,}" in str(out) or f"the outputs of a batch of {n}" in str(out)
     assert "memory" in str(out)
@@ -427,7 +414,7 @@ def test_broadcast_input_whose_copy_exceeds_physical_memory_is_refused_before_al
     x = np.broadcast_to(np.array([0.5, 1.0, -1.0]), (n, 3))
     u, y = np.broadcast_to(np.int32(1), (n,)), np.broadcast_to(0.0, (n,))
     monkeypatch.setattr(gradc.runtime.memory, "physical_memory", lambda: 1 << 20)
-    out, peak = _peak_during(lambda: rt.loss(p, x=x, u=u, y=y))
+    out, peak = peak_during(lambda: rt.loss(p, x=x, u=u, y=y))
     assert isinstance(out, ValueError) and "'x'" in str(out), out
     assert peak < 1 << 20, f"{peak:,} bytes allocated before refusing"
 

@@ -10,13 +10,13 @@ import io
 import json
 import os
 import struct
-import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
 
 import gradc
+from conftest import peak_during
 import gradc.runtime.memory
 from gradc.api import load_model_file, lower_model, read_weights
 from gradc.npz import read_npz
@@ -72,18 +72,6 @@ def data_file(tmp_path_factory):
     return p
 
 
-def _peak_during(fn):
-    """(result or exception, peak bytes traced while running fn)."""
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        try:
-            out = fn()
-        except Exception as e:               # noqa: BLE001 (returned for the caller to check)
-            out = e
-        return out, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def _one_line_error(r, *needles):
@@ -122,7 +110,7 @@ def _bomb(path, mib=256):
 def test_a_header_declaring_terabytes_is_refused_before_allocating(tmp_path):
     path = _lying_npz(tmp_path / "lie.npz")
     assert os.path.getsize(path) < 1000
-    out, peak = _peak_during(lambda: read_npz(path, "--data"))
+    out, peak = peak_during(lambda: read_npz(path, "--data"))
     assert isinstance(out, ValueError) and "lie.npz" in str(out), out
     assert "TiB" in str(out) or "GiB" in str(out)
     assert peak < 1 << 20
@@ -133,7 +121,7 @@ def test_a_zip_bomb_is_refused_before_it_is_decompressed(tmp_path, monkeypatch):
     assert os.path.getsize(path) < 2 << 20
     monkeypatch.setattr(gradc.runtime.memory, "physical_memory", lambda: 64 << 20)
     monkeypatch.setattr(gradc.npz, "_cgroup_limit", lambda: None)
-    out, peak = _peak_during(lambda: read_npz(path, "--data"))
+    out, peak = peak_during(lambda: read_npz(path, "--data"))
     assert isinstance(out, ValueError) and "bomb.npz" in str(out) and "memory" in str(out), out
     assert peak < 4 << 20, f"{peak:,} bytes allocated before refusing"
 
@@ -141,7 +129,7 @@ def test_a_zip_bomb_is_refused_before_it_is_decompressed(tmp_path, monkeypatch):
 def test_a_zip_bomb_is_refused_as_a_checkpoint_and_as_weights_by_what_the_model_can_hold(tmp_path, mod, prog):
     path = _bomb(tmp_path / "bomb.npz")
     for read in (lambda: load_checkpoint(path, mod), lambda: read_weights(path, prog)):
-        out, peak = _peak_during(read)
+        out, peak = peak_during(read)
         assert isinstance(out, ValueError) and "bomb.npz" in str(out), out
         assert peak < 4 << 20, f"{peak:,} bytes allocated before refusing"
 
