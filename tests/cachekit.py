@@ -46,3 +46,8 @@ def entries(root):
 
 def hidden(root):
     return sorted(n for n in os.listdir(root) if n.startswith(".")) if os.path.isdir(root) else []
+
+
+def fallback_cache(tmp):
+    """The private fallback cache folder gradc uses under the temporary folder ``tmp``."""
+    return tmp / f"gradc-cache-{os.getuid()}"

@@ -73,3 +73,12 @@ def peak_during(fn):
         return out, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """tempfile.gettempdir() inside this test's folder, so a fallback cache lands there."""
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    return d

@@ -24,7 +24,7 @@ from gradc.api import build_model, load_model_file
 from gradc.build import entry_ok
 from gradc.runtime import as_module
 
-from cachekit import X, Y, entries, hidden, tiny_loss, write_tiny
+from cachekit import X, Y, entries, fallback_cache, hidden, tiny_loss, write_tiny
 
 
 def entry_size(path):
@@ -237,19 +237,6 @@ def _deny_mkdtemp_in(root, monkeypatch):
     monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
 
 
-@pytest.fixture
-def private_tmp(tmp_path, monkeypatch):
-    """tempfile.gettempdir() inside this test's folder, so the fallback cache lands there."""
-    d = tmp_path / "tmp"
-    d.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(d))
-    return d
-
-
-def _fallback(tmp):
-    return tmp / f"gradc-cache-{os.getuid()}"
-
-
 def test_unwritable_cache_folder_falls_back_to_a_temporary_one_with_a_warning(cache, tmp_path, private_tmp,
                                                                               monkeypatch):
     cache.mkdir()
@@ -260,7 +247,7 @@ def test_unwritable_cache_folder_falls_back_to_a_temporary_one_with_a_warning(ca
         mod = gradc.load(path)
     assert mod.loss(mod.init_params(), x=X, y=Y) == pytest.approx(tiny_loss(c), rel=1e-12)
     assert os.listdir(cache) == [], "something was written into the unwritable cache"
-    assert len(entries(_fallback(private_tmp))) == 1 and hidden(_fallback(private_tmp)) == []
+    assert len(entries(fallback_cache(private_tmp))) == 1 and hidden(fallback_cache(private_tmp)) == []
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
@@ -281,7 +268,7 @@ def test_chmod_555_cache_folder_falls_back_to_a_temporary_one_with_a_warning(cac
 def test_fallback_cache_never_uses_a_folder_that_others_can_write(cache, tmp_path, private_tmp, monkeypatch):
     cache.mkdir()
     _deny_mkdtemp_in(cache, monkeypatch)
-    planted = _fallback(private_tmp)
+    planted = fallback_cache(private_tmp)
     planted.mkdir()
     os.chmod(planted, 0o777)                              # as another user on a shared machine could
     if hasattr(os, "geteuid") and os.geteuid() == 0:

@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 
@@ -26,7 +25,7 @@ from gradc.api import build_model, load_model_file
 from gradc.build import _meta_digest, entry_ok, evict
 from gradc.runtime import as_module
 
-from cachekit import X, Y, entries, hidden, tiny_loss, write_tiny
+from cachekit import X, Y, entries, fallback_cache, hidden, tiny_loss, write_tiny
 
 OTHER_UID = 12345
 as_root = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
@@ -38,20 +37,6 @@ def cache(tmp_path, monkeypatch):
     d = tmp_path / "cache"
     monkeypatch.setenv("GRADC_CACHE_DIR", str(d))
     return d
-
-
-@pytest.fixture
-def private_tmp(tmp_path, monkeypatch):
-    """tempfile.gettempdir() inside this test's folder, so the fallback cache lands there."""
-    d = tmp_path / "tmp"
-    d.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(d))
-    return d
-
-
-
-def _fallback(tmp):
-    return tmp / f"gradc-cache-{os.getuid()}"
 
 
 # ==== item 1: the cache folder and its entries are this user's alone ==========================
@@ -74,7 +59,7 @@ def test_a_cache_folder_others_can_write_is_refused_with_a_warning_and_a_private
         mod = gradc.load(path)
     assert mod.loss(mod.init_params(), x=X, y=Y) == pytest.approx(tiny_loss(c), rel=1e-12)
     assert os.listdir(cache) == [], "gradc wrote into (and would load from) a folder others can write"
-    assert len(entries(_fallback(private_tmp))) == 1
+    assert len(entries(fallback_cache(private_tmp))) == 1
 
 
 @as_root
