@@ -28,10 +28,12 @@ ERROR_CODES = (
     ErrorCode("ENULL", 2, "a NULL pointer was passed"),
     ErrorCode("EINDEX", 3, "an integer input used as an index is out of range"),
     ErrorCode("ECUDA", 4, "the CUDA runtime reported an error", ("cuda",)),
+    ErrorCode("EARG", 5, "a scalar argument is out of its range (a clipping bound or scale must be positive and finite)"),
 )
 _BY_VALUE = {e.value: e for e in ERROR_CODES}
 EINDEX = 3
 ECUDA = 4
+EARG = 5
 
 
 def error_codes(target):

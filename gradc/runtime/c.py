@@ -42,6 +42,13 @@ FLOAT32_MAX_BATCH = 2**24
 MAX_THREADS = 1024
 
 
+def _positive(name, v):
+    """``v`` as a float, if it is a positive finite number; else ValueError naming ``name``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not 0 < float(v) < math.inf:
+        raise ValueError(f"loss_and_grad_clipped: {name} must be a positive finite number, got {v!r}")
+    return float(v)
+
+
 class _Fork:
     """Whether this process ran the kernels on OpenMP threads (``omp``), and whether it is a child
     forked after its parent (or an ancestor) did (``child``): libgomp's thread pool does not survive
@@ -391,16 +398,92 @@ class CModule:
         T = min(self.threads, -(-n // LANES))      # no more threads than blocks: the kernel uses no more
         if T == 1:
             return self._lg(n, fp, *ptrs, op, gp, self._work())
-        if _Fork.child:
-            raise RuntimeError(f"set_threads({self.threads}): {_FORK_MESSAGE}")
-        _Fork.omp = True
+        return self._lgt(T, n, fp, *ptrs, op, gp, self._threads_work(n, T))
+
+    def _threads_work(self, n, T):
+        """The workspace of ``NAME_workspace_size_threads(n, T)`` bytes, kept per Python thread."""
+        if T > 1:
+            if _Fork.child:
+                raise RuntimeError(f"set_threads({self.threads}): {_FORK_MESSAGE}")
+            _Fork.omp = True
         w = getattr(self._local, "wt", None)
         need = int(self._ws_threads(n, T))
         if w is None or w[0] != T or w[1] < need:
             check_alloc(need, f"the workspace of {T} threads")
             buf = np.empty(-(-need // self.dtype.itemsize), dtype=self.dtype)
             w = self._local.wt = (T, need, self._ptr(buf))
-        return self._lgt(T, n, fp, *ptrs, op, gp, w[2])
+        return w[2]
+
+    def _per_sample_fn(self, what):
+        fn = getattr(self.lib, f"{self.info.prefix}_{what}", None)
+        if fn is None:
+            raise ValueError(f"{what}: this model has no per-sample loss (it is computed once per batch, "
+                             "from the parameters alone), so it has no per-sample gradients")
+        return fn
+
+    def _per_sample_call(self, what, params, data, dropout_rng, extra):
+        """Call ``NAME_<what>(threads, n, params, data..., *extra(n), ..., work)``."""
+        fn = self._per_sample_fn(what)
+        flat = self._flat_params(params)
+        n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
+        T = min(self.threads, -(-n // LANES))
+        args, keep = extra(n)
+        rc = fn(T, n, self._ptr(flat), *[self._ptr(a) for a in arrays], *args, self._threads_work(n, T))
+        self._check(rc, what, data)
+        return keep
+
+    def _sample_weight(self, weight, n, fn):
+        w = self._real_array(weight, f"{fn}: the sample weight")
+        if w.shape != (n,):
+            raise ValueError(f"{fn}: the sample weight has shape {w.shape}; it needs one value per sample, ({n},)")
+        w = np.ascontiguousarray(w, dtype=self.dtype)
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ValueError(f"{fn}: every sample weight must be finite and >= 0")
+        return w
+
+    def loss_and_grad_weighted(self, params, weight, /, dropout_rng=None, **data):
+        """(loss, grads) of the weighted loss ``sum_s weight[s] * loss_s / n`` plus regularization.
+
+        ``weight`` has one finite value >= 0 per sample. All ones is ``loss_and_grad`` (to the
+        last bit with one thread). Example: ``L, g = mod.loss_and_grad_weighted(p, w, x=X, y=Y)``.
+        """
+        out, g = np.empty(1, dtype=self.dtype), np.empty(self.n_params, dtype=self.dtype)
+
+        def extra(n):
+            w = self._sample_weight(weight, n, "loss_and_grad_weighted")
+            return (self._ptr(w), self._ptr(out), self._ptr(g)), w
+        self._per_sample_call("loss_grad_weighted", params, data, dropout_rng, extra)
+        return float(out[0]), Params(g, self.params)
+
+    def grad_norms(self, params, /, dropout_rng=None, **data):
+        """The Euclidean norm of each sample's gradient (of its own loss, without regularization and
+        without the 1/n of the mean): an array of shape (n,). Computed in C one sample at a time; no
+        per-sample gradient is kept. Example: ``mod.grad_norms(p, x=X, y=Y)``.
+        """
+        g = np.empty(self.n_params, dtype=self.dtype)
+
+        def extra(n):
+            norms = np.empty(n, dtype=self.dtype)
+            return (self._ptr(norms), self._ptr(g)), norms
+        return self._per_sample_call("grad_norms", params, data, dropout_rng, extra)
+
+    def loss_and_grad_clipped(self, params, max_norm, scale=None, /, dropout_rng=None, **data):
+        """DP-SGD's clipped sum: ``(loss, grads, norms)`` where grads = scale * sum_s min(1,
+        max_norm / norms[s]) * g_s + the regularization's gradient, g_s sample s's gradient and
+        ``norms`` their norms (as ``grad_norms``); ``scale`` defaults to 1/n (the mean); loss is
+        the plain mean loss plus regularization.
+
+        Example: ``L, g, norms = mod.loss_and_grad_clipped(p, 1.0, x=X, y=Y)``.
+        """
+        c = _positive("max_norm", max_norm)
+        out, g = np.empty(1, dtype=self.dtype), np.empty(self.n_params, dtype=self.dtype)
+
+        def extra(n):
+            k = 1.0 / n if scale is None else _positive("scale", scale)
+            norms = np.empty(n, dtype=self.dtype)
+            return (c, k, self._ptr(norms), self._ptr(out), self._ptr(g)), norms
+        norms = self._per_sample_call("loss_grad_clipped", params, data, dropout_rng, extra)
+        return float(out[0]), Params(g, self.params), norms
 
     def _held_ptr(self, a):
         """The cffi pointer of a long-lived array (a parameter buffer), made once: from_buffer costs

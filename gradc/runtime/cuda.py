@@ -146,6 +146,10 @@ class CudaModule(CModule):
         size = -(-nbytes // self.dtype.itemsize)
         return self.ffi.cast("void *", self._scratch("ws", size).ptr)
 
+    def _per_sample_fn(self, what):
+        raise ValueError(f"{what}: per-sample gradients (sample weights, DP-SGD's clipping) are built for "
+                         "target c only; compile this model with --target c to use them")
+
     def _check(self, rc, fn, data=None):
         if rc == ECUDA:
             raise RuntimeError(f"{fn}: CUDA failed: {self._error_text()}")

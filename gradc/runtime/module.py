@@ -21,8 +21,8 @@ from .meta import ModuleMeta
 #: the names ``bind`` puts into a module, beside ``target``, ``dtype``, ``name`` (and for cuda
 #: ``to_device``, ``to_host``)
 EXPORTS = ("param_shapes", "input_shapes", "target_shapes", "output_shapes", "input_dtypes",
-           "target_dtypes", "init_params", "forward", "loss", "loss_and_grad", "sgd_step", "adam_state",
-           "adam_step", "set_threads")
+           "target_dtypes", "init_params", "forward", "loss", "loss_and_grad", "loss_and_grad_weighted",
+           "grad_norms", "loss_and_grad_clipped", "sgd_step", "adam_state", "adam_step", "set_threads")
 _DEVICE_EXPORTS = ("to_device", "to_host")
 
 

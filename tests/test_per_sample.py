@@ -1,0 +1,240 @@
+"""Per-sample gradients in the generated kernel (issue 16): weighted losses, per-sample gradient
+norms and DP-SGD's clipped sums.
+
+Oracles: central finite differences of the weighted loss (float64), PyTorch's per-sample gradients
+clipped by hand (when torch is installed), and single-sample calls of the plain ``loss_and_grad``.
+A model whose parameters pass through a stage computed once per batch (a normalized weight)
+checks that a sample's gradient includes the backward pass of those stages.
+"""
+import numpy as np
+import pytest
+import sympy as sp
+
+import gradc as gc
+from gradc.runtime import runtime_of
+
+
+def _mlp():
+    """x(6) -> tanh(8) -> one logit, BCE, L2 on W1: written once here and once in PyTorch below."""
+    m = gc.Model("ps_mlp")
+    x, y = m.input("x", 6), m.target("y")
+    W1, b1 = m.param("W1", (8, 6), init=gc.init.linear()), m.param("b1", 8, init=gc.init.uniform(-0.5, 0.5))
+    W2, b2 = m.param("W2", (1, 8), init=gc.init.linear()), m.param("b2", 1, init=gc.init.uniform(-0.5, 0.5))
+    z = (W2 @ gc.tanh(W1 @ x + b1) + b2)[0]
+    m.output("z", z)
+    m.loss(gc.bce_with_logits(z, y))
+    m.regularize(1e-3 * gc.sum_squares(W1))
+    return m
+
+
+def _embed():
+    """An embedding (an int32 id gathers a row) and a softmax over 3 classes, with dropout and L2."""
+    m = gc.Model("ps_embed")
+    u, x, y = m.input("u", dtype="int32"), m.input("x", 3), m.target("label", dtype="int32")
+    E = m.param("E", (5, 4), init=gc.init.uniform(-1, 1))
+    W = m.param("W", (3, 4), init=gc.init.uniform(-1, 1))
+    V = m.param("V", (3, 3), init=gc.init.uniform(-1, 1))
+    h = gc.dropout(gc.embedding(E, u), 0.3)
+    logits = m.output("logits", W @ h + V @ x)
+    m.loss(gc.softmax_cross_entropy(logits, y))
+    m.regularize(1e-2 * gc.sum_squares(E, W))
+    return m
+
+
+def _batch_stage():
+    """A weight normalized once per batch (V / |V|): each sample's gradient flows through it."""
+    m = gc.Model("ps_wnorm")
+    x, y = m.input("x", 3), m.target("y")
+    V = m.param("V", 3, init=gc.init.uniform(-1, 1))
+    s = m.param("s", 1, init=gc.init.uniform(0.5, 1.5))
+    k = sp.Symbol("k", integer=True)
+    norm = sp.sqrt(sp.Sum(V[k] ** 2, (k, 0, 2)))
+    z = s[0] * sp.Sum(V[k] * x[k], (k, 0, 2)) / norm
+    m.output("z", z)
+    m.loss((z - y) ** 2)
+    m.regularize(1e-2 * s[0] ** 2)
+    return m
+
+
+def _data(mod, n, seed):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in {**mod.input_shapes, **mod.target_shapes}.items():
+        dt = {**mod.input_dtypes, **mod.target_dtypes}[name]
+        if dt == np.int32:
+            bound = 5 if name == "u" else 3
+            out[name] = rng.integers(0, bound, size=(n, *shape)).astype(np.int32)
+        elif name == "y" and mod.name == "ps_mlp":
+            out[name] = (rng.random(n) < 0.5).astype(np.float64)
+        else:
+            out[name] = rng.normal(size=(n, *shape))
+    return out
+
+
+@pytest.fixture(scope="module", params=["mlp", "embed", "batch_stage"])
+def model(request):
+    m = {"mlp": _mlp, "embed": _embed, "batch_stage": _batch_stage}[request.param]()
+    mod = gc.compile_model(m)
+    data = runtime_of(mod).fill_masks(_data(mod, 37, 1), np.random.default_rng(2))   # 37: a ragged last block
+    return mod, mod.init_params(seed=3), data
+
+
+def _per_sample_grads(mod, p, data):
+    """Each sample's gradient, from the plain loss_and_grad on that sample alone minus the
+    regularization's gradient (the gradient at weight 0)."""
+    rt = runtime_of(mod)
+    n = len(next(iter(data.values())))
+    one = {k: v[:1] for k, v in data.items()}
+    reg = rt.loss_and_grad_weighted(p, np.zeros(1), **one)[1].flat
+    return np.array([mod.loss_and_grad(p, **{k: v[s:s + 1] for k, v in data.items()})[1].flat - reg
+                     for s in range(n)]), reg
+
+
+def test_unit_weights_are_loss_and_grad_to_the_bit(model):
+    mod, p, data = model
+    rt = runtime_of(mod)
+    L, g = mod.loss_and_grad(p, **data)
+    Lw, gw = rt.loss_and_grad_weighted(p, np.ones(37), **data)
+    assert L == Lw and np.array_equal(g.flat, gw.flat)
+
+
+def test_weighted_gradient_matches_finite_differences(model):
+    mod, p, data = model
+    rt = runtime_of(mod)
+    w = np.random.default_rng(4).random(37) * 3
+    _, g = rt.loss_and_grad_weighted(p, w, **data)
+    flat = p.flat.copy()
+    h = 1e-6
+    fd = np.empty_like(flat)
+    for j in range(len(flat)):
+        for sign in (1, -1):
+            p.flat[j] = flat[j] + sign * h
+            L = rt.loss_and_grad_weighted(p, w, **data)[0]
+            fd[j] = L if sign == 1 else (fd[j] - L) / (2 * h)
+        p.flat[j] = flat[j]
+    np.testing.assert_allclose(g.flat, fd, rtol=1e-6, atol=1e-8)
+    # and the weighted loss is the weighted mean of the per-sample losses, plus regularization
+    per = np.array([rt.loss_and_grad_weighted(p, np.ones(1), **{k: v[s:s + 1] for k, v in data.items()})[0]
+                    for s in range(37)])
+    reg = rt.loss_and_grad_weighted(p, np.zeros(1), **{k: v[:1] for k, v in data.items()})[0]
+    assert rt.loss_and_grad_weighted(p, w, **data)[0] == pytest.approx(np.mean(w * (per - reg)) + reg, rel=1e-12)
+
+
+def test_grad_norms_are_the_norms_of_each_samples_gradient(model):
+    mod, p, data = model
+    per, _ = _per_sample_grads(mod, p, data)
+    norms = mod.grad_norms(p, **data)
+    np.testing.assert_allclose(norms, np.linalg.norm(per, axis=1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("bound", [1e-3, 0.3, 1e6])
+def test_clipped_sum_is_the_mean_of_clipped_per_sample_gradients(model, bound):
+    mod, p, data = model
+    per, reg = _per_sample_grads(mod, p, data)
+    norms = np.linalg.norm(per, axis=1)
+    want = (np.minimum(1, bound / norms)[:, None] * per).sum(0) / 37 + reg
+    L, g, got_norms = mod.loss_and_grad_clipped(p, bound, **data)
+    np.testing.assert_allclose(g.flat, want, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(got_norms, norms, rtol=1e-12)
+    assert L == mod.loss(p, **data)
+    # a scale in place of 1/n: DP-SGD divides by the expected batch size
+    _, g2, _ = mod.loss_and_grad_clipped(p, bound, 0.01, **data)
+    np.testing.assert_allclose(g2.flat, (np.minimum(1, bound / norms)[:, None] * per).sum(0) * 0.01 + reg,
+                               rtol=1e-10, atol=1e-15)
+
+
+def test_threads_give_the_same_norms_and_sums(model):
+    mod, p, data = model
+    rt = runtime_of(mod)
+    one_n = mod.grad_norms(p, **data)
+    one = mod.loss_and_grad_clipped(p, 0.3, **data)
+    onew = rt.loss_and_grad_weighted(p, np.linspace(0, 2, 37), **data)
+    mod.set_threads(3)
+    try:
+        assert np.array_equal(mod.grad_norms(p, **data), one_n)      # each norm is computed alone
+        three = mod.loss_and_grad_clipped(p, 0.3, **data)
+        threew = rt.loss_and_grad_weighted(p, np.linspace(0, 2, 37), **data)
+    finally:
+        mod.set_threads(1)
+    np.testing.assert_allclose(three[1].flat, one[1].flat, rtol=1e-13, atol=1e-16)
+    np.testing.assert_allclose(threew[1].flat, onew[1].flat, rtol=1e-13, atol=1e-16)
+    assert three[0] == pytest.approx(one[0], rel=1e-14)
+
+
+def test_clipped_sums_match_pytorch_per_sample_gradients():
+    torch = pytest.importorskip("torch")
+    mod = gc.compile_model(_mlp())
+    p = mod.init_params(seed=5)
+    data = _data(mod, 50, 6)
+    t = {k: torch.tensor(np.asarray(v), dtype=torch.float64, requires_grad=True) for k, v in p.items()}
+    X, Y = torch.tensor(data["x"]), torch.tensor(data["y"])
+    bound, per = 0.2, []
+    for s in range(50):
+        z = (t["W2"] @ torch.tanh(t["W1"] @ X[s] + t["b1"]) + t["b2"])[0]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, Y[s])
+        gs = torch.autograd.grad(loss, list(t.values()))
+        per.append(torch.cat([x.reshape(-1) for x in gs]))
+    per = torch.stack(per)
+    norms = per.norm(dim=1)
+    clipped = (per * torch.clamp(bound / norms, max=1.0)[:, None]).sum(0) / 50
+    reg = torch.cat([2e-3 * t["W1"].reshape(-1), torch.zeros(8 + 8 + 1, dtype=torch.float64)])
+    L, g, got = mod.loss_and_grad_clipped(p, bound, **data)
+    np.testing.assert_allclose(got, norms.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(g.flat, (clipped + reg).detach().numpy(), rtol=1e-11, atol=1e-15)
+    assert np.any(got > bound)       # the bound clips some of them
+
+
+def test_float32_build_agrees_with_float64():
+    m = _mlp()
+    m64, m32 = gc.compile_model(m), gc.compile_model(m, dtype="float32")
+    p64 = m64.init_params(seed=7)
+    p32 = m32.init_params(seed=7)
+    p32.flat[:] = p64.flat
+    data = _data(m64, 40, 8)
+    d32 = {k: v.astype(np.float32) for k, v in data.items()}
+    np.testing.assert_allclose(m32.grad_norms(p32, **d32), m64.grad_norms(p64, **data), rtol=2e-5)
+    np.testing.assert_allclose(m32.loss_and_grad_clipped(p32, 0.1, **d32)[1].flat,
+                               m64.loss_and_grad_clipped(p64, 0.1, **data)[1].flat, rtol=1e-4, atol=1e-6)
+
+
+def test_bad_arguments_are_refused_by_name():
+    mod = gc.compile_model(_mlp())
+    rt = runtime_of(mod)
+    p = mod.init_params(seed=0)
+    data = _data(mod, 5, 0)
+    with pytest.raises(ValueError, match="one value per sample"):
+        rt.loss_and_grad_weighted(p, np.ones(4), **data)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        rt.loss_and_grad_weighted(p, np.array([1, 1, -1, 1, 1.0]), **data)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        rt.loss_and_grad_weighted(p, np.array([1, 1, np.nan, 1, 1.0]), **data)
+    for bad in (0, -1.0, float("inf"), float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="max_norm must be a positive finite number"):
+            mod.loss_and_grad_clipped(p, bad, **data)
+    with pytest.raises(ValueError, match="scale must be a positive finite number"):
+        mod.loss_and_grad_clipped(p, 1.0, -0.5, **data)
+    with pytest.raises(ValueError, match="missing input or target 'y'"):
+        mod.grad_norms(p, x=data["x"])
+    # the C function checks its scalars itself: EARG, not a silent NaN
+    M = rt.info.prefix
+    fn = getattr(rt.lib, f"{M}_loss_grad_clipped")
+    norms, out, g = np.empty(5), np.empty(1), np.empty(rt.n_params)
+    work = np.empty(int(rt._ws_threads(5, 1)) // 8 + 1)
+    ptr = rt._ptr
+    for max_norm, scale in ((0.0, 0.2), (float("nan"), 0.2), (1.0, float("inf")), (1.0, 0.0)):
+        rc = fn(1, 5, ptr(p.flat), ptr(data["x"]), ptr(data["y"]), max_norm, scale, ptr(norms), ptr(out), ptr(g), ptr(work))
+        assert rc == 5          # EARG
+    rc = fn(1, 0, ptr(p.flat), ptr(data["x"]), ptr(data["y"]), 1.0, 0.2, ptr(norms), ptr(out), ptr(g), ptr(work))
+    assert rc == 1              # EBATCH
+    rc = fn(1, 5, ptr(p.flat), ptr(data["x"]), ptr(data["y"]), 1.0, 0.2, rt.ffi.NULL, ptr(out), ptr(g), ptr(work))
+    assert rc == 2              # ENULL
+
+
+def test_a_loss_computed_once_per_batch_has_no_per_sample_gradients():
+    m = gc.Model("ps_batch_loss")
+    w = m.param("w", 2, init=gc.init.uniform(-1, 1))
+    m.loss(w[0] ** 2 + w[1] ** 2)
+    mod = gc.compile_model(m)
+    p = mod.init_params(seed=0)
+    with pytest.raises(ValueError, match="no per-sample loss"):
+        mod.grad_norms(p)
