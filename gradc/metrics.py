@@ -9,60 +9,77 @@ Example::
 import numpy as np
 
 
-def accuracy(pred, target):
-    """Fraction of correct predictions.
+def _weights(sample_weight, n):
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight has {w.size} values for {n} samples")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or not np.sum(w) > 0:
+        raise ValueError("sample_weight must be finite, >= 0 and not all zero")
+    return w
+
+
+def accuracy(pred, target, sample_weight=None):
+    """Fraction of correct predictions (weighted by ``sample_weight`` when given).
 
     * ``pred`` of shape (N, C) against int labels (N,): argmax;
     * ``pred`` of shape (N,) against labels in {-1, +1}: the sign of ``pred``;
     * ``pred`` of shape (N,) against labels in {0, 1}: ``pred > 0.5`` (a probability).
     """
     pred, target = np.asarray(pred), np.asarray(target)
+    w = _weights(sample_weight, len(pred))
     if pred.ndim == 2 and pred.shape[1] == 1:      # one score per sample, kept as a column
         pred = pred[:, 0]
         target = target.reshape(len(target))
     if pred.ndim == 2 and target.ndim == 1:
-        return float(np.mean(np.argmax(pred, axis=1) == target))
-    if pred.ndim == 2 and target.ndim == 2:          # one-hot or probability targets
-        return float(np.mean(np.argmax(pred, axis=1) == np.argmax(target, axis=1)))
-    pred, target = pred.reshape(len(pred)), target.reshape(len(target))
-    if np.all((target == -1) | (target == 1)):
-        return float(np.mean((pred > 0) == (target > 0)))
-    if np.all((target == 0) | (target == 1)):
-        return float(np.mean((pred > 0.5) == (target > 0.5)))
-    raise ValueError("accuracy needs class labels ({0, 1}, {-1, +1}) or integer classes")
+        hit = np.argmax(pred, axis=1) == target
+    elif pred.ndim == 2 and target.ndim == 2:          # one-hot or probability targets
+        hit = np.argmax(pred, axis=1) == np.argmax(target, axis=1)
+    else:
+        pred, target = pred.reshape(len(pred)), target.reshape(len(target))
+        if np.all((target == -1) | (target == 1)):
+            hit = (pred > 0) == (target > 0)
+        elif np.all((target == 0) | (target == 1)):
+            hit = (pred > 0.5) == (target > 0.5)
+        else:
+            raise ValueError("accuracy needs class labels ({0, 1}, {-1, +1}) or integer classes")
+    return float(np.average(hit, weights=w))
 
 
-def mse(pred, target):
-    """Mean squared error over all elements."""
-    d = np.asarray(pred, dtype=np.float64) - np.asarray(target, dtype=np.float64).reshape(np.shape(pred))
-    return float(np.mean(d * d))
+def mse(pred, target, sample_weight=None):
+    """Mean squared error over all elements (each sample's elements weighted by ``sample_weight``)."""
+    p = np.asarray(pred, dtype=np.float64)
+    d = p - np.asarray(target, dtype=np.float64).reshape(np.shape(pred))
+    w = _weights(sample_weight, len(p) if p.ndim else 1)
+    if w is None:
+        return float(np.mean(d * d))
+    per_sample = (d * d).reshape(len(d), -1).mean(axis=1)
+    return float(np.average(per_sample, weights=w))
 
 
-def rmse(pred, target):
-    """Root mean squared error over all elements."""
-    return float(np.sqrt(mse(pred, target)))
+def rmse(pred, target, sample_weight=None):
+    """Root mean squared error over all elements (weighted as ``mse``)."""
+    return float(np.sqrt(mse(pred, target, sample_weight)))
 
 
-def roc_auc(score, target):
-    """Area under the ROC curve of a score against binary labels (ties count one half)."""
+def roc_auc(score, target, sample_weight=None):
+    """Area under the ROC curve of a score against binary labels (ties count one half): the
+    (weighted) fraction of positive-negative pairs the score orders correctly, as scikit-learn's
+    ``roc_auc_score``."""
     score = np.asarray(score, dtype=np.float64).reshape(-1)
     target = np.asarray(target).reshape(-1) > 0
-    n_pos, n_neg = int(target.sum()), int((~target).sum())
-    if n_pos == 0 or n_neg == 0:
+    w = _weights(sample_weight, len(score))
+    w = np.ones(len(score)) if w is None else w
+    if not (np.any(w[target] > 0) and np.any(w[~target] > 0)):
         raise ValueError("ROC AUC needs both positive and negative labels")
     order = np.argsort(score, kind="mergesort")
-    s = score[order]
-    ranks = np.empty(len(s))
-    i = 0
-    while i < len(s):        # average ranks over ties
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        ranks[i:j + 1] = (i + j) / 2 + 1
-        i = j + 1
-    r = np.empty(len(s))
-    r[order] = ranks
-    return float((r[target].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    s, pos, w = score[order], target[order], w[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]      # groups of tied scores
+    wp = np.add.reduceat(np.where(pos, w, 0.0), starts)
+    wn = np.add.reduceat(np.where(pos, 0.0, w), starts)
+    below = np.cumsum(wn) - wn                             # negative weight scored lower
+    return float(np.sum(wp * (below + 0.5 * wn)) / (np.sum(wp) * np.sum(wn)))
 
 
 METRICS = {"accuracy": accuracy, "mse": mse, "rmse": rmse, "auc": roc_auc, "roc_auc": roc_auc}

@@ -24,6 +24,7 @@ from . import metrics as _metrics
 from . import optim as _optim
 from ._version import __version__
 from .runtime import Params, runtime_of
+from .weighting import combined_weights
 
 
 class StopTraining(Exception):
@@ -350,7 +351,7 @@ class Trainer:
     def __init__(self, module, params, optimizer="adam", lr=None, *, optimizer_options=None, options=None,
                  frozen=(), batch_size=None, seed=0, shuffle=True, metrics=("loss",), output=None, target=None,
                  transform=None, scheduler=None, scheduler_interval="epoch", clip_grad_norm=None, nan="raise",
-                 callbacks=(), progress=None, drop_last=False, comm=None):
+                 callbacks=(), progress=None, drop_last=False, comm=None, dp=None):
         self.module, self.params = module, params
         if set(params) != set(module.param_shapes):
             raise ValueError(f"params must hold exactly the model's parameters {list(module.param_shapes)}")
@@ -395,6 +396,16 @@ class Trainer:
         self.nan_advice = "pass nan='skip' to skip such batches"
         self.early = None
         self.dist = None
+        self.weights = None
+        self.dp = None
+        if dp is not None:
+            from .dp import DPSGD
+            self.dp = DPSGD(dp)
+            why = ("clip_grad_norm (DP-SGD clips each sample's gradient to dp's max_grad_norm)" if clip_grad_norm is not None
+                   else "an optimizer that re-evaluates the loss (L-BFGS)" if getattr(optimizer, "needs_closure", False)
+                   else "data-parallel training (comm)" if comm is not None and comm.Get_size() > 1 else None)
+            if why is not None:
+                raise ValueError(f"dp does not combine with {why}")
         if comm is not None and comm.Get_size() > 1:
             self._join(comm)
 
@@ -503,17 +514,27 @@ class Trainer:
         """
         return predict(self.module, self.params, data, batch_size, mc_samples=mc_samples, seed=seed)
 
-    def evaluate(self, data, prefix=""):
-        """The metrics on ``data``: ``{"loss": ..., "accuracy": ...}`` (evaluation mode)."""
+    def evaluate(self, data, prefix="", sample_weight=None):
+        """The metrics on ``data``: ``{"loss": ..., "accuracy": ...}`` (evaluation mode).
+
+        With ``sample_weight`` (one value >= 0 per sample) each metric is weighted: the loss is
+        ``sum w l / sum w`` plus regularization, accuracy, AUC and MSE as scikit-learn weighs them.
+        """
         data = {k: np.asarray(v) for k, v in data.items()}
         logs, out = {}, None
         n = len(next(iter(data.values())))
+        w = combined_weights(n, sample_weight, None, None, "sample_weight")
         for mt in self.metrics:
             if mt == "loss":
                 total = 0.0
+                wn = None if w is None else w * (n / float(np.sum(w)))      # mean 1
                 for i in range(0, n, 4096):
                     chunk = {k: v[i:i + 4096] for k, v in data.items()}
-                    total += self.module.loss(self.params, **chunk) * len(next(iter(chunk.values())))
+                    m = len(next(iter(chunk.values())))
+                    if wn is None:
+                        total += self.module.loss(self.params, **chunk) * m
+                    else:
+                        total += runtime_of(self.module).loss_and_grad_weighted(self.params, wn[i:i + m], **chunk)[0] * m
                 logs[prefix + "loss"] = total / n    # the regularization is included once per chunk
                 continue
             if out is None:
@@ -523,7 +544,7 @@ class Trainer:
             else:
                 if self.output is None or self.target is None:
                     raise ValueError(f"metric {mt!r} needs output= and target= (the model has several)")
-                logs[prefix + mt] = _metrics.METRICS[mt](out[self.output], data[self.target])
+                logs[prefix + mt] = _metrics.METRICS[mt](out[self.output], data[self.target], sample_weight=w)
         return logs
 
     # ---- state ---------------------------------------------------------
@@ -533,6 +554,8 @@ class Trainer:
                   optimizer=self.optimizer.state_dict(), settings=self.settings())
         if self.scheduler is not None:
             st["scheduler"] = self.scheduler.state_dict()
+        if self.dp is not None:
+            st["dp"] = self.dp.state_dict()
         if self.early is not None:
             est, best = self.early.state()
             st["early"] = est
@@ -555,7 +578,7 @@ class Trainer:
                     shuffle=bool(self.shuffle), drop_last=bool(self.drop_last), clip_grad_norm=self.clip,
                     frozen=frozen, scheduler=type(self.scheduler).__name__ if self.scheduler is not None else None,
                     scheduler_interval=self.scheduler_interval, dtype=str(runtime_of(self.module).dtype),
-                    val_split=getattr(self, "_val_split", None))
+                    val_split=getattr(self, "_val_split", None), dp=self.dp.settings() if self.dp is not None else None)
 
     def _changed_setting(self, saved, mine):
         """Why a checkpoint's settings record (None for older files) is not this run's, or None."""
@@ -600,6 +623,16 @@ class Trainer:
         except Exception as e:
             raise bad(f"its random generator state is damaged ({e})") from None
         history = _checked_history(st["history"], bad)
+        dp_state = None
+        if self.dp is not None:
+            from .privacy import RDPAccountant
+            try:
+                probe = RDPAccountant()
+                probe.load_state_dict(st["dp"]["accountant"])
+                dp_state = st["dp"]
+            except Exception as e:
+                raise bad(f"it holds no valid DP-SGD accountant record ({type(e).__name__}: {e}); a private "
+                          "run resumes only from a checkpoint of a private run") from None
         early = None
         if self.early is not None and "early" in st:
             early = _checked_early(st["early"], st.get("early_best"), self.params, bad)
@@ -630,12 +663,16 @@ class Trainer:
         self.epoch, self.step_count = st["epoch"], st["step"]
         self.rng.bit_generator.state = st["rng"]
         self.history = history
+        if dp_state is not None:
+            self.dp.load_state_dict(dp_state)
         if early is not None:
             self.early.set_state(*early)
 
     # ---- training ------------------------------------------------------
-    def _loss_and_grad(self, batch):
+    def _loss_and_grad(self, batch, weight=None):
         if self.dist is None:
+            if weight is not None:
+                return runtime_of(self.module).loss_and_grad_weighted(self.params, weight, dropout_rng=self.rng, **batch)
             return self.module.loss_and_grad(self.params, dropout_rng=self.rng, **batch)
         from .distributed import shard
         rt = runtime_of(self.module)
@@ -650,7 +687,10 @@ class Trainer:
             flat = self._shard_sums = np.zeros(rt.n_params + 1, dtype=np.float64)
         flat[...] = 0
         if n_mine:
-            loss, grads = self.module.loss_and_grad(self.params, **mine)
+            if weight is not None:
+                loss, grads = rt.loss_and_grad_weighted(self.params, weight[part], **mine)
+            else:
+                loss, grads = self.module.loss_and_grad(self.params, **mine)
             for p in rt.info.params:
                 flat[p.offset:p.offset + p.size] = grads[p.name].ravel()
             flat[:-1] *= n_mine
@@ -663,14 +703,23 @@ class Trainer:
         if getattr(self.optimizer, "needs_closure", False):
             return self._closure_epoch(data, n)
         losses, skipped = [], 0
-        for b, idx in enumerate(self._batches(n)):
+        if self.dp is not None:
+            batches, q = self.dp.batches(n, self.batch_size, self.rng)
+        else:
+            batches = self._batches(n)
+        for b, idx in enumerate(batches):
             batch = {k: v[idx] for k, v in data.items()}
-            if self.transform is not None:
+            if self.transform is not None and len(idx):
                 batch = self.transform(batch, self.rng)
             why = self._nonfinite(batch)
             loss = grads = None
-            if why is None:
-                loss, grads = self._loss_and_grad(batch)
+            if why is None and self.dp is not None:
+                loss, grads = self.dp.step_grad(self.module, self.params, batch if len(idx) else {}, q, n,
+                                                self.rng, self.rng)
+                if len(idx) and not math.isfinite(loss):
+                    why = f"the loss is {loss}"
+            elif why is None:
+                loss, grads = self._loss_and_grad(batch, None if self.weights is None else self.weights[idx])
                 if not math.isfinite(loss):
                     why = f"the loss is {loss}"
                 elif not math.isfinite(float(np.sum(grads.flat if hasattr(grads, "flat") else
@@ -691,12 +740,15 @@ class Trainer:
             self.step_count += 1
             if self.scheduler is not None and self.scheduler_interval == "step":
                 self.scheduler.step()
-            losses.append(loss)
+            if math.isfinite(loss):       # a DP step on an empty Poisson sample has no loss
+                losses.append(loss)
             for cb in self.callbacks:
                 cb.on_batch_end(self, self.step_count, {"loss": loss, "batch": b})
         logs = {"loss": float(np.mean(losses)) if losses else float("nan")}
         if skipped:
             logs["skipped_batches"] = skipped
+        if self.dp is not None:
+            logs["epsilon"] = self.dp.epsilon()
         return logs
 
     def _closure_epoch(self, data, n):
@@ -713,7 +765,7 @@ class Trainer:
         why = self._nonfinite(batch)
         if why is None:
             batch = runtime_of(self.module).fill_masks(batch, self.rng)
-            loss = float(self.optimizer.step(lambda: self._loss_and_grad(batch)))
+            loss = float(self.optimizer.step(lambda: self._loss_and_grad(batch, self.weights)))
             why = None if math.isfinite(loss) else f"the loss is {loss}"
         if why is not None:
             if self.nan == "raise":
@@ -727,11 +779,19 @@ class Trainer:
         return {"loss": loss}
 
     def fit(self, train_data, epochs=10, val_data=None, val_split=None, early_stopping=None,
-            checkpoint=None, resume=None):
+            checkpoint=None, resume=None, sample_weight=None, class_weight=None, val_sample_weight=None):
         """Train for ``epochs`` epochs (counting those of a resumed run); returns the ``History``.
 
         ``epochs=0`` (or a resumed run already that far) trains nothing and returns the history.
         Refused: a negative ``epochs``, and every parameter frozen ("nothing to train").
+
+        ``sample_weight`` (one value >= 0 per training sample) and ``class_weight`` (a dict
+        ``{label: weight}`` or ``"balanced"``, scikit-learn's rule) weight each sample's loss: the
+        training objective is ``sum_s w_s * loss_s / sum_s w_s`` plus regularization (each batch
+        computes ``sum w l / n`` with the weights scaled to mean 1 over the training set). With
+        ``val_split`` the held-out part keeps its ``sample_weight``; ``val_sample_weight`` weights
+        given ``val_data``. The validation metrics (loss, accuracy, AUC, MSE) are weighted by those
+        sample weights; ``class_weight`` applies to training only, as in Keras.
         """
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs must be a whole number >= 0, not {epochs!r}")
@@ -739,19 +799,44 @@ class Trainer:
         if frozen is not None and len(frozen) == len(self.params):
             raise ValueError(f"nothing to train: every parameter is frozen ({', '.join(self.params)})")
         data = self.check_data(train_data)
+        n = len(next(iter(data.values())))
+        if (sample_weight is not None or class_weight is not None) and self.dp is not None:
+            raise ValueError("dp does not combine with sample_weight or class_weight: a weight above 1 "
+                             "would let one sample move the model more than max_grad_norm allows")
+        if class_weight is not None and self.target is None:
+            raise ValueError("class_weight needs the target that holds the labels: pass target=")
+        weights = combined_weights(n, sample_weight, None, None, "sample_weight")
         self._val_split = val_split
         if val_split is not None:
             if val_data is not None:
                 raise ValueError("give val_data or val_split, not both")
             if not 0 < val_split < 1:
                 raise ValueError(f"val_split must be between 0 and 1, got {val_split}")
-            n = len(next(iter(data.values())))
             perm = np.random.default_rng(self.seed + 1).permutation(n)
             n_val = max(1, int(round(n * val_split)))
             val_data = {k: v[perm[:n_val]] for k, v in data.items()}
             data = {k: v[perm[n_val:]] for k, v in data.items()}
+            if val_sample_weight is not None:
+                raise ValueError("val_sample_weight weights val_data; with val_split the held-out part keeps "
+                                 "its sample_weight")
+            if weights is not None:
+                weights, val_sample_weight = weights[perm[n_val:]], weights[perm[:n_val]]
+        if class_weight is not None:      # counted on the training part, as scikit-learn does
+            labels = data[self.target]
+            cw = combined_weights(len(labels), None, class_weight, labels, "class_weight")
+            weights = cw if weights is None else weights * cw
+        if weights is not None:
+            total = float(np.sum(weights))
+            if not total > 0:
+                raise ValueError("every training sample has weight 0 (sample_weight and class_weight): "
+                                 "nothing to train on")
+            weights = weights * (len(weights) / total)      # mean 1: a full batch's loss is sum w l / sum w
+        self.weights = weights
+        self._val_weights = None
         if val_data is not None:
             val_data = self.check_data(val_data, "validation data", finite=True)
+            n_val = len(next(iter(val_data.values())))
+            self._val_weights = combined_weights(n_val, val_sample_weight, None, None, "val_sample_weight")
         if isinstance(early_stopping, int) and not isinstance(early_stopping, bool):
             early_stopping = EarlyStopping("val_loss" if val_data is not None else "loss", patience=early_stopping)
         self.early = early_stopping
@@ -773,7 +858,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 logs = self.train_epoch(data)
                 if val_data is not None:
-                    logs.update(self.evaluate(val_data, prefix="val_"))
+                    logs.update(self.evaluate(val_data, prefix="val_", sample_weight=self._val_weights))
                 logs["lr"] = float(next(iter(self.optimizer.lr.values()), float("nan")))
                 logs["seconds"] = time.perf_counter() - t0
                 logs["epoch"] = self.epoch
@@ -804,7 +889,8 @@ class Trainer:
 
 
 def fit(module, params, train_data, *, epochs=10, val_data=None, val_split=None, early_stopping=None,
-        checkpoint=None, resume=None, **trainer_options):
+        checkpoint=None, resume=None, sample_weight=None, class_weight=None, val_sample_weight=None,
+        **trainer_options):
     # trainer_options include comm=MPI.COMM_WORLD for data-parallel training (gradc.distributed)
     """Train ``params`` (in place) on ``train_data``; returns the ``History``. See ``Trainer``.
 
@@ -815,7 +901,8 @@ def fit(module, params, train_data, *, epochs=10, val_data=None, val_split=None,
     """
     t = Trainer(module, params, **trainer_options)
     return t.fit(train_data, epochs=epochs, val_data=val_data, val_split=val_split,
-                 early_stopping=early_stopping, checkpoint=checkpoint, resume=resume)
+                 early_stopping=early_stopping, checkpoint=checkpoint, resume=resume,
+                 sample_weight=sample_weight, class_weight=class_weight, val_sample_weight=val_sample_weight)
 
 
 def predict(module, params, data, batch_size=1024, *, mc_samples=None, seed=0):
