@@ -96,13 +96,18 @@ def test_readme_line_counts_are_what_the_generator_writes(tmp_path):
     assert lines == [_c_lines(None, (w, str(tmp_path))) for w in widths]
 
 
-def test_readme_lbfgs_digits_accuracies_are_what_the_bench_gives(tmp_path):
-    """The README's L-BFGS comparison: the seeded accuracies of gradc's runs are bench/lbfgs_digits.py's."""
+def test_readme_lbfgs_accuracies_are_what_the_bench_gives(tmp_path):
+    """The README's L-BFGS comparisons: the seeded accuracies (and on the risk data, ROC AUCs) of
+    gradc's runs are bench/lbfgs_compare.py's."""
     import re
     pytest.importorskip("sklearn")
     readme = open(os.path.join(ROOT, "README.md")).read()
-    bench = _bench_module("lbfgs_digits")
+    bench = _bench_module("lbfgs_compare")
     for label, acc, _ in bench.rows(("lbfgs", "lbfgs_l2", "adam"), tmp=str(tmp_path)):
         m = re.search(r"\| " + re.escape(label) + r" \| ([\d.]+)% \|", readme)
         assert m, f"the README has no row {label!r}"
         assert m.group(1) == f"{100 * acc:.1f}", (label, m.group(1), acc)
+    for label, acc, auc, _ in bench.risk_rows(("lbfgs_logreg", "lbfgs_mlp", "adam")):
+        m = re.search(r"\| " + re.escape(label) + r" \| ([\d.]+)% \| ([\d.]+) \|", readme)
+        assert m, f"the README has no row {label!r}"
+        assert (m.group(1), m.group(2)) == (f"{100 * acc:.1f}", f"{auc:.4f}"), (label, m.groups(), acc, auc)
