@@ -6,6 +6,10 @@ clipped by hand (when torch is installed), and single-sample calls of the plain 
 A model whose parameters pass through a stage computed once per batch (a normalized weight)
 checks that a sample's gradient includes the backward pass of those stages.
 """
+import os
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -71,9 +75,18 @@ def _data(mod, n, seed):
     return out
 
 
+#: which way each model's norms are computed: a block at a time with the gradients side by side
+#: ("lanes"), or one sample at a time (a scatter through an index; a tensor computed once per batch)
+PATH = {"mlp": "lanes", "embed": "one", "batch_stage": "one"}
+
+
 @pytest.fixture(scope="module", params=["mlp", "embed", "batch_stage"])
 def model(request):
     m = {"mlp": _mlp, "embed": _embed, "batch_stage": _batch_stage}[request.param]()
+    entry, _ = gc.api.build_model(m)
+    source = open(os.path.join(entry, m.name + ".c")).read()
+    assert ("gradient kept apart in lanes" in source) == (PATH[request.param] == "lanes")
+    assert ("one at a time (a statement" in source) == (PATH[request.param] == "one")
     mod = gc.compile_model(m)
     data = runtime_of(mod).fill_masks(_data(mod, 37, 1), np.random.default_rng(2))   # 37: a ragged last block
     return mod, mod.init_params(seed=3), data
@@ -238,3 +251,72 @@ def test_a_loss_computed_once_per_batch_has_no_per_sample_gradients():
     p = mod.init_params(seed=0)
     with pytest.raises(ValueError, match="no per-sample loss"):
         mod.grad_norms(p)
+
+
+# ---- the exported C, under AddressSanitizer and UBSan -----------------------------------------
+
+DRIVER = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "NAME.h"
+/* grad_norms and loss_grad_clipped with exactly workspace_size_norms(n, T) bytes, loss_grad_weighted
+   with exactly workspace_size_threads(n, T): ASan sees any overrun. Prints the largest difference
+   of the norms from one thread's (they are computed alone: 0) and of the clipped gradients. */
+int main(int argc, char **argv)
+{
+    const int T = argc > 1 ? atoi(argv[1]) : 1, n = 150;
+    NAME_real *p = malloc(sizeof(NAME_real) * MU_N_PARAMS), *g = malloc(sizeof(NAME_real) * MU_N_PARAMS);
+    NAME_real *g1 = malloc(sizeof(NAME_real) * MU_N_PARAMS);
+    NAME_real *nr = malloc(sizeof(NAME_real) * n), *n1 = malloc(sizeof(NAME_real) * n), *w = malloc(sizeof(NAME_real) * n);
+    for (int j = 0; j < MU_N_PARAMS; ++j) p[j] = (NAME_real)((j * 37) % 23) / 23 - (NAME_real)0.5;
+    for (int s = 0; s < n; ++s) w[s] = (NAME_real)(s % 3);
+    DATA
+    void *w1 = malloc(NAME_workspace_size_norms(n, 1)), *wt = malloc(NAME_workspace_size_norms(n, T));
+    void *ww = malloc(NAME_workspace_size_threads(n, T));
+    NAME_real L = 0, L1 = 0;
+    if (NAME_grad_norms(1, n, p, ARGS, n1, w1) != 0) return 3;
+    if (NAME_grad_norms(T, n, p, ARGS, nr, wt) != 0) return 4;
+    double err = 0;
+    for (int s = 0; s < n; ++s) if (nr[s] != n1[s]) err = 1;
+    if (NAME_loss_grad_clipped(1, n, p, ARGS, (NAME_real)0.5, (NAME_real)1 / n, n1, &L1, g1, w1) != 0) return 5;
+    if (NAME_loss_grad_clipped(T, n, p, ARGS, (NAME_real)0.5, (NAME_real)1 / n, nr, &L, g, wt) != 0) return 6;
+    for (int j = 0; j < MU_N_PARAMS; ++j) { double d = g[j] - g1[j]; if (d < 0) d = -d; if (d > err) err = d; }
+    if (NAME_loss_grad_weighted(T, n, p, ARGS, w, &L, g, ww) != 0) return 7;
+    if (NAME_loss_grad_clipped(T, n, p, ARGS, (NAME_real)-1, (NAME_real)1, nr, &L, g, wt) != MU_EARG) return 8;
+    printf("%.3g\n", err);
+    free(p); free(g); free(g1); free(nr); free(n1); free(w); free(w1); free(wt); free(ww); FREE
+    return 0;
+}
+"""
+CASES = {   # (example, the driver's data, its arguments, frees): digits keeps lanes, recsys scatters
+    "digits": ("double *x = malloc(sizeof(double) * n * 64); int32_t *y = malloc(sizeof(int32_t) * n);"
+               "for (int i = 0; i < n * 64; ++i) x[i] = (double)((i * 7919) % 17) / 16.0;"
+               "for (int i = 0; i < n; ++i) y[i] = (i * 31) % 10;", "x, y", "free(x); free(y);"),
+    "recsys": ("int32_t *u = malloc(sizeof(int32_t) * n), *it = malloc(sizeof(int32_t) * n);"
+               "double *r = malloc(sizeof(double) * n);"
+               "for (int i = 0; i < n; ++i) { u[i] = (i * 7) % 1000; it[i] = (i * 13) % 1700; r[i] = 1 + i % 5; }",
+               "u, it, r", "free(u); free(it); free(r);"),
+}
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+@pytest.mark.parametrize("example", sorted(CASES))
+@pytest.mark.parametrize("openmp", [False, True], ids=["sequential", "openmp"])
+def test_exported_per_sample_functions_run_clean_under_asan(tmp_path, example, openmp):
+    from gradc.api import export, load_model_file
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    export(load_model_file(os.path.join(root, "examples", example, "model.py")), str(tmp_path))
+    data, args, frees = CASES[example]
+    src = DRIVER.replace("DATA", data).replace("ARGS", args).replace("FREE", frees).replace("MU_", example.upper() + "_").replace("NAME", example)
+    (tmp_path / "drv.c").write_text(src)
+    flags = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-fsanitize=address,undefined",
+             "-fno-sanitize-recover=all", "-g"] + (["-fopenmp"] if openmp else [])
+    p = subprocess.run(["gcc", *flags, "drv.c", f"{example}.c", "-lm", "-o", "drv"], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    for T in ("1", "3", "20"):
+        r = subprocess.run(["./drv", T], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, ASAN_OPTIONS="detect_leaks=1"))
+        assert r.returncode == 0, f"{T} threads: exit {r.returncode}\n{r.stderr[-3000:]}"
+        assert float(r.stdout) <= 1e-13, f"{T} threads differ from one by {r.stdout}"

@@ -29,6 +29,7 @@ from ..functions import PRIMITIVE_OF, PRIMITIVES
 from ..ir import INT, reads, unflat
 from ..simplify import cse_block, live_stages
 from . import kir
+from . import per_lane
 from .kir import (Acc, Accumulate, Assign, Decl, Expr, LaneLoop, LaneReduction, LaneSum, MaxInto, Nest,
                   RankOneUpdate, Range, SampleLoop, Var, lit)
 from .names import Namer, ident
@@ -671,6 +672,7 @@ class Builder:
             out.append(("const " + self.rt, "P_" + p["c"], f"params + {off}"))
             if backward:
                 out.append((self.rt, "G_" + p["c"], f"grad + {off}"))
+                out.append((self.rt, "L_" + p["c"], f"lanes + {off} * GC_L"))     # per lane: per_lane.py
         for st in prog.stages:
             if st.name in L["values"]:
                 out.append((self.rt, "V_" + self.c[st.name], f"ws + {L['values'][st.name].c()}"))
@@ -793,6 +795,16 @@ def render(prog, grad, dtype="float64", inference_only=False):
             part["seg_params"]
         funcs["part"]["uses_args"] = {g["src"] for g in part["gathers"]} | {ch["ptr"] for ch in part["checks"]}
         funcs["finish"]["uses_params"] = any(d[1].startswith("P_") for d in finish["decls"])
+        # per-sample gradient norms: the block's backward pass with each lane's gradient kept apart,
+        # where every statement allows it; else (None) one sample at a time through part and finish
+        lane_bwd = per_lane.rewrite(sample_bwd, ["D_" + c(n) for n in B.layout["batch_adj"]]) \
+            if per_sample else None
+        if lane_bwd is not None:
+            norms = _function(B, "norms", segs, uses["loss"], lane_bwd, ["D_" + c(prog.loss)], True)
+            norms["sample_bwd"] = lane_bwd
+            norms["uses_params"] = any(d[1].startswith("P_") for d in norms["decls"]) or norms["seg_params"]
+            norms["uses_args"] = {g["src"] for g in norms["gathers"]} | {ch["ptr"] for ch in norms["checks"]}
+            funcs["norms"] = norms
         funcs["finish"]["uses_grad"] = any(d[1].startswith("G_") for d in finish["decls"])
     real_ins = [t for t in prog.inputs if t.dropout is None]
     generic = None
@@ -806,7 +818,7 @@ def render(prog, grad, dtype="float64", inference_only=False):
         inputs=B.args(("input",)), targets=B.args(("target",)), outputs=outputs,
         params=B.layout["params"], n_params=B.layout["n_params"], ws=B.layout["ws"], ints=B.layout["ints"],
         lanes=LANES, sample_adj=B.layout["sample_adj_range"], batch_adj=B.layout["batch_adj_range"],
-        loss="V_" + B.c[prog.loss], loss_adj="D_" + B.c[prog.loss], loss_per_sample=loss_st.scope == "sample",
+        loss="V_" + B.c[prog.loss], loss_adj="D_" + B.c[prog.loss], loss_per_sample=loss_st.scope == "sample", per_lane="norms" in funcs,
         reg=("V_" + B.c[prog.reg]) if prog.reg else None, reg_adj=("D_" + B.c[prog.reg]) if prog.reg else None,
         f=funcs, segments=segs, helpers=helper_functions(B.helpers, dtype),
         suffix="f" if dtype == "float32" else "", lit=(lambda x: f"{x}F" if dtype == "float32" else x),

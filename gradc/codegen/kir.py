@@ -220,6 +220,29 @@ class RankOneUpdate(Node):
 
 
 @dataclass(frozen=True)
+class RankOneLanes(Node):
+    """``grad[(i, k), b] += coef * d[i, b] * src[k, b]`` for every lane b: the rank-1 update of
+    ``RankOneUpdate`` kept sample by sample (``grad`` holds ``rows * cols`` values per lane, the
+    lane innermost), for per-sample gradient norms."""
+    kind: ClassVar[str] = "rank_one_lanes"
+    src: str
+    d: str
+    grad: str
+    rows: int
+    cols: int
+    coef: str           # "" when the coefficient is 1
+
+    def names(self):
+        return {self.src, self.d, self.grad}
+
+    def writes(self):
+        return {self.grad}
+
+    def reads(self):
+        return {self.src, self.d, self.grad}
+
+
+@dataclass(frozen=True)
 class Nest(Node):
     """One loop nest of a stage: ``loops`` around ``pre``, the ``inner`` loops around ``body``,
     then ``post``. ``comment`` says what it computes and where the user wrote it."""

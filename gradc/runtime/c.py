@@ -400,18 +400,20 @@ class CModule:
             return self._lg(n, fp, *ptrs, op, gp, self._work())
         return self._lgt(T, n, fp, *ptrs, op, gp, self._threads_work(n, T))
 
-    def _threads_work(self, n, T):
-        """The workspace of ``NAME_workspace_size_threads(n, T)`` bytes, kept per Python thread."""
+    def _threads_work(self, n, T, size=None, key="wt"):
+        """The workspace of ``size(n, T)`` bytes (``NAME_workspace_size_threads``), kept per Python
+        thread under ``key``."""
         if T > 1:
             if _Fork.child:
                 raise RuntimeError(f"set_threads({self.threads}): {_FORK_MESSAGE}")
             _Fork.omp = True
-        w = getattr(self._local, "wt", None)
-        need = int(self._ws_threads(n, T))
+        w = getattr(self._local, key, None)
+        need = int((size or self._ws_threads)(n, T))
         if w is None or w[0] != T or w[1] < need:
             check_alloc(need, f"the workspace of {T} threads")
             buf = np.empty(-(-need // self.dtype.itemsize), dtype=self.dtype)
-            w = self._local.wt = (T, need, self._ptr(buf))
+            w = (T, need, self._ptr(buf))
+            setattr(self._local, key, w)
         return w[2]
 
     def _per_sample_fn(self, what):
@@ -428,7 +430,11 @@ class CModule:
         n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
         T = min(self.threads, -(-n // LANES))
         args, keep = extra(n)
-        rc = fn(T, n, self._ptr(flat), *[self._ptr(a) for a in arrays], *args, self._threads_work(n, T))
+        if what == "loss_grad_weighted":
+            work = self._threads_work(n, T)
+        else:     # grad_norms, loss_grad_clipped: room for a block's gradients per thread
+            work = self._threads_work(n, T, getattr(self.lib, f"{self.info.prefix}_workspace_size_norms"), "wn")
+        rc = fn(T, n, self._ptr(flat), *[self._ptr(a) for a in arrays], *args, work)
         self._check(rc, what, data)
         return keep
 
@@ -457,14 +463,14 @@ class CModule:
 
     def grad_norms(self, params, /, dropout_rng=None, **data):
         """The Euclidean norm of each sample's gradient (of its own loss, without regularization and
-        without the 1/n of the mean): an array of shape (n,). Computed in C one sample at a time; no
-        per-sample gradient is kept. Example: ``mod.grad_norms(p, x=X, y=Y)``.
+        without the 1/n of the mean): an array of shape (n,). Computed in C a block of samples at a
+        time (their gradients side by side in the workspace; one sample at a time for a model with
+        a scatter through an index or a tensor computed once per batch); no per-sample gradient is
+        returned. Example: ``mod.grad_norms(p, x=X, y=Y)``.
         """
-        g = np.empty(self.n_params, dtype=self.dtype)
-
         def extra(n):
             norms = np.empty(n, dtype=self.dtype)
-            return (self._ptr(norms), self._ptr(g)), norms
+            return (self._ptr(norms),), norms
         return self._per_sample_call("grad_norms", params, data, dropout_rng, extra)
 
     def loss_and_grad_clipped(self, params, max_norm, scale=None, /, dropout_rng=None, **data):
