@@ -64,6 +64,12 @@ def _parser():
     t.add_argument("--val-split", type=float, default=None, help="fraction of the data held out for validation")
     t.add_argument("--metrics", default="loss", help="comma-separated: loss, accuracy, mse, rmse, auc")
     t.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
+    t.add_argument("--sample-weight", default=None, metavar="ARRAY",
+                   help="weight each sample's loss by this array of --data (one value >= 0 per sample)")
+    t.add_argument("--class-weight", default=None, metavar="balanced|LABEL:W,...",
+                   help="weight each class's loss: 'balanced' (n / (classes * count)) or e.g. 0:1,1:5")
+    t.add_argument("--dp", default=None, metavar="NOISE,CLIP,DELTA",
+                   help="DP-SGD: noise multiplier, per-sample gradient bound, delta (e.g. 1.0,1.0,1e-5)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint", default=None, help="checkpoint path (default: OUTDIR/checkpoint.npz)")
     t.add_argument("--resume", default=None,
@@ -205,6 +211,33 @@ def cmd_export(args):
     return 0
 
 
+def _class_weight_option(text):
+    """--class-weight: None, "balanced", or {label: weight} from "0:1,1:5"."""
+    if text is None or text == "balanced":
+        return text
+    out = {}
+    for part in text.split(","):
+        label, sep, w = part.partition(":")
+        try:
+            out[int(label)] = float(w)
+        except ValueError:
+            raise ValueError(f"--class-weight: {part!r} is not LABEL:WEIGHT (e.g. 0:1,1:5), nor is the "
+                             "option 'balanced'") from None
+    return out
+
+
+def _dp_option(text):
+    """--dp NOISE,CLIP,DELTA as fit's dp dict."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        noise, clip, delta = (float(v) for v in parts)
+    except ValueError:
+        raise ValueError(f"--dp {text}: give three numbers, NOISE,CLIP,DELTA (e.g. 1.0,1.0,1e-5)") from None
+    return dict(noise_multiplier=noise, max_grad_norm=clip, delta=delta)
+
+
 def cmd_train(args):
     from .api import compile_model
     from .distributed import world_from_environment
@@ -221,6 +254,12 @@ def cmd_train(args):
         data = read_npz(args.data, "--data")
     except NpzError as e:
         raise ValueError(f"cannot read --data {args.data}: {e.why}") from None
+    weights = None
+    if args.sample_weight is not None:
+        if args.sample_weight not in data:
+            raise ValueError(f"--sample-weight {args.sample_weight}: --data has no such array "
+                             f"(it has {', '.join(sorted(data))})")
+        weights = data.pop(args.sample_weight)
     params = mod.init_params(seed=args.seed)
     if args.init:
         pre, _ = load_checkpoint(args.init, mod)
@@ -247,11 +286,13 @@ def cmd_train(args):
     trainer = Trainer(mod, params, optimizer=args.optimizer, lr=args.lr, optimizer_options=opt_kw,
                       frozen=[f for f in args.freeze.split(",") if f], batch_size=args.batch_size,
                       seed=args.seed, metrics=[m for m in args.metrics.split(",") if m], callbacks=[Lines()],
-                      progress=False, comm=comm, nan="skip" if args.nan == "skip" else "raise")
+                      progress=False, comm=comm, nan="skip" if args.nan == "skip" else "raise",
+                      dp=_dp_option(args.dp))
     trainer.nan_advice = "run with --nan skip to skip such batches"
     try:
         hist = trainer.fit(data, epochs=args.epochs, val_split=args.val_split, checkpoint=ckpt,
-                           resume=args.resume, early_stopping=args.early_stopping)
+                           resume=args.resume, early_stopping=args.early_stopping, sample_weight=weights,
+                           class_weight=_class_weight_option(args.class_weight))
     except KeyboardInterrupt:
         print(f"gradc: interrupted; the last complete epoch is in {ckpt}", file=sys.stderr)
         return 130

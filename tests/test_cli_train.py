@@ -200,3 +200,43 @@ def test_train_draws_the_loss_curve_png_when_matplotlib_is_installed(setup, run_
     _ok(_train(run_cli, model, data, out))
     png = out / "loss.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sample_weight_class_weight_and_dp_options(setup, write_model, run_cli, tmp_path):
+    """--sample-weight names an array of --data; --class-weight and --dp reach fit, as in Python."""
+    model, _ = setup
+    d = _data()
+    w = np.linspace(0, 2, 64)
+    data = tmp_path / "weighted.npz"
+    np.savez(data, w=w, **d)
+    out = tmp_path / "w"
+    _ok(_train(run_cli, model, str(data), out, "--sample-weight", "w", epochs=2))
+    p = gradc.load(model).init_params(seed=3)
+    gradc.fit(gradc.load(model), p, d, epochs=2, batch_size=16, optimizer="sgd", lr=0.05,
+              optimizer_options=dict(momentum=0.9), seed=3, sample_weight=w, progress=False)
+    got, _ = load_checkpoint(str(out / "checkpoint.npz"), gradc.load(model))
+    np.testing.assert_array_equal(got["w"], p["w"])
+    _one_line_error(_train(run_cli, model, str(data), tmp_path / "x", "--sample-weight", "nope"),
+                    "--sample-weight nope", "no such array")
+    r = _ok(run_cli("train", model, "--data", setup[1], "-o", str(tmp_path / "dp"), "--epochs", "2",
+                    "--batch-size", "16", "--optimizer", "sgd", "--lr", "0.05", "--dp", "1.0,1.0,1e-5"))
+    assert len(_history(tmp_path / "dp")["epsilon"]) == 2 and "epsilon" in r.stdout
+    _one_line_error(run_cli("train", model, "--data", setup[1], "-o", str(tmp_path / "e"), "--dp", "1,2"),
+                    "--dp 1,2", "NOISE,CLIP,DELTA")
+    logit = write_model('''
+import gradc as gc
+m = gc.Model("cli_logit")
+x, y = m.input("x", 3), m.target("y")
+w = m.param("w", (1, 3), init=0)
+z = (w @ x)[0]
+m.output("p", gc.sigmoid(z))
+m.loss(gc.bce_with_logits(z, y))
+''')
+    cls = tmp_path / "cls.npz"
+    np.savez(cls, x=d["x"], y=(d["y"] > 1).astype(float))
+    _ok(run_cli("train", logit, "--data", str(cls), "-o", str(tmp_path / "c"), "--epochs", "1",
+                "--class-weight", "balanced"))
+    _ok(run_cli("train", logit, "--data", str(cls), "-o", str(tmp_path / "c2"), "--epochs", "1",
+                "--class-weight", "0:1,1:4"))
+    _one_line_error(run_cli("train", logit, "--data", str(cls), "-o", str(tmp_path / "c3"), "--class-weight", "1=4"),
+                    "--class-weight", "LABEL:WEIGHT")
