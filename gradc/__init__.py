@@ -31,7 +31,8 @@ _NN = ("relu", "tanh", "exp", "log", "sqrt", "abs", "sigmoid", "softplus", "dens
        "mse", "hinge", "embedding", "sum_squares", "elementwise", "dropout")
 _LAZY.update({n: "nn" for n in _NN})
 _SUBMODULES = ("init", "model", "nn", "ir", "autodiff", "simplify", "rewrite", "functions", "build",
-               "runtime", "api", "cli", "codegen", "errors", "optim", "train", "lr_finder", "metrics", "show")
+               "runtime", "api", "cli", "codegen", "errors", "optim", "train", "lr_finder", "metrics", "show",
+               "privacy", "dp", "weighting", "sklearn")
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
