@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn")
+pytest.importorskip("sklearn", minversion="1.6")
 
 from sklearn.base import clone                                        # noqa: E402
 from sklearn.datasets import load_breast_cancer, load_digits, make_regression   # noqa: E402
