@@ -82,3 +82,17 @@ def private_tmp(tmp_path, monkeypatch):
     d.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(d))
     return d
+
+
+def logistic_regression(name, n_features):
+    """A compiled logistic regression on ``n_features`` inputs (output ``p``, target ``y`` in {0, 1}),
+    BCE with logits and L2 1e-3 on the weights: the small model of the weighting and DP tests."""
+    import gradc as gc
+    m = gc.Model(name)
+    x, y = m.input("x", n_features), m.target("y")
+    w, b = m.param("w", (1, n_features), init=gc.init.uniform(-0.1, 0.1)), m.param("b", 1, init=0)
+    z = (w @ x + b)[0]
+    m.output("p", gc.sigmoid(z))
+    m.loss(gc.bce_with_logits(z, y))
+    m.regularize(1e-3 * gc.sum_squares(w))
+    return gc.compile_model(m)

@@ -11,20 +11,14 @@ import numpy as np
 import pytest
 
 import gradc as gc
+from conftest import logistic_regression
 from gradc import privacy
 from gradc.train import Trainer
 
 
 @pytest.fixture(scope="module")
 def logreg():
-    m = gc.Model("dp_logreg")
-    x, y = m.input("x", 4), m.target("y")
-    w, b = m.param("w", (1, 4), init=gc.init.uniform(-0.1, 0.1)), m.param("b", 1, init=0)
-    z = (w @ x + b)[0]
-    m.output("p", gc.sigmoid(z))
-    m.loss(gc.bce_with_logits(z, y))
-    m.regularize(1e-3 * gc.sum_squares(w))
-    mod = gc.compile_model(m)
+    mod = logistic_regression("dp_logreg", 4)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(2000, 4))
     Y = (X @ np.array([1.5, -1, 0.5, 0]) + rng.normal(size=2000) * 0.5 > 0).astype(np.float64)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import gradc as gc
+from conftest import logistic_regression
 from gradc.metrics import accuracy, mse, rmse, roc_auc
 from gradc.train import Trainer
 
@@ -18,14 +19,7 @@ skm = pytest.importorskip("sklearn.metrics")
 @pytest.fixture(scope="module")
 def logreg():
     """Logistic regression on 5 features with L2, and an imbalanced data set (about 1 in 6 positive)."""
-    m = gc.Model("w_logreg")
-    x, y = m.input("x", 5), m.target("y")
-    w, b = m.param("w", (1, 5), init=gc.init.uniform(-0.1, 0.1)), m.param("b", 1, init=0)
-    z = (w @ x + b)[0]
-    m.output("p", gc.sigmoid(z))
-    m.loss(gc.bce_with_logits(z, y))
-    m.regularize(1e-3 * gc.sum_squares(w))
-    mod = gc.compile_model(m)
+    mod = logistic_regression("w_logreg", 5)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 5))
     Y = (X @ np.array([1.0, -2, 0.5, 0, 1]) + rng.normal(size=300) * 1.5 > 2.2).astype(np.float64)
