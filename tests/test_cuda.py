@@ -27,7 +27,7 @@ from conftest import EXAMPLES, ROOT
 NVCC = shutil.which(os.environ.get("NVCC", "nvcc"))
 GXX = shutil.which("g++")
 TOL = {"float64": 1e-10, "float32": 1e-4}
-SEVERAL = {"risk": ("logreg", "mlp")}     # files that define more than one model
+SEVERAL = {"risk": ("logreg", "mlp"), "private_risk": ("logreg", "mlp")}     # files with several models
 
 
 def _models():
