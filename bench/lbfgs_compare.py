@@ -155,10 +155,10 @@ def main():
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     print("Digits:\n\n| run | test accuracy | wall time |\n|---|---:|---:|")
     for label, acc, dt in rows(repeats=REPEATS):
-        print(f"| {label} | {100 * acc:.1f}% | {dt:.2f} s |")
+        print(f"| {label} | {100 * acc:.1f}% | {1e3 * dt:.1f} ms |")
     print("\nRisk:\n\n| run | test accuracy | test ROC AUC | wall time |\n|---|---:|---:|---:|")
     for label, acc, auc, dt in risk_rows(repeats=REPEATS):
-        print(f"| {label} | {100 * acc:.1f}% | {auc:.4f} | {dt:.2f} s |")
+        print(f"| {label} | {100 * acc:.1f}% | {auc:.4f} | {1e3 * dt:.1f} ms |")
     return 0
 
 
