@@ -29,11 +29,14 @@ ERROR_CODES = (
     ErrorCode("EINDEX", 3, "an integer input used as an index is out of range"),
     ErrorCode("ECUDA", 4, "the CUDA runtime reported an error", ("cuda",)),
     ErrorCode("EARG", 5, "a scalar argument is out of its range (a clipping bound or scale must be positive and finite)"),
+    ErrorCode("EIDENTITY", 6, "the object file or weights are not the ones the header describes (ABI version, "
+                              "dtype, lanes or model hash differ)"),
 )
 _BY_VALUE = {e.value: e for e in ERROR_CODES}
 EINDEX = 3
 ECUDA = 4
 EARG = 5
+EIDENTITY = 6
 
 
 def error_codes(target):

@@ -125,7 +125,8 @@ def _probe(d, M, tmp_path, defines=()):
     """The header's integer macros as the C compiler evaluates them (they may be expressions,
     e.g. of NAME_LANES), and what NAME_workspace_size returns."""
     with open(os.path.join(d, M + ".h")) as f:
-        names = [k for k, v in _macros(f.read()).items() if k.startswith(M.upper() + "_") and v]
+        names = [k for k, v in _macros(f.read()).items()
+                 if k.startswith(M.upper() + "_") and v and not v.startswith('"')]     # not the hash
     lines = "\n".join(f'    printf("{k} %lld\\n", (long long)({k}));' for k in names)
     tag = "probe" + "".join(x.replace("=", "_").replace("-D", "_") for x in defines)
     (tmp_path / f"{tag}.c").write_text(PROBE.replace("@LINES@", lines).replace("@M@", M))
@@ -625,6 +626,7 @@ TRAINING_FUNCS = ("loss", "loss_grad", "sgd_step", "adam_step")
 @pytest.mark.parametrize("model,dtype", COMBOS)
 def test_inference_only_export_defines_only_forward_and_workspace_size(prepared, inference_export, tmp_path,
                                                                        model, dtype):
+    """... and the identity record's function, which every export has."""
     P = prepared(model, dtype)
     d = inference_export(model, dtype)
     assert sorted(os.listdir(d)) == sorted([P.M + ".h", P.M + ".c", P.M + "_weights.c"])
@@ -633,7 +635,7 @@ def test_inference_only_export_defines_only_forward_and_workspace_size(prepared,
     assert p.returncode == 0, p.stderr
     defined = sorted(line.split()[-1] for line in p.stdout.splitlines()
                      if len(line.split()) == 3 and line.split()[1] in "TDRB")
-    assert defined == sorted([f"{P.M}_forward", f"{P.M}_workspace_size"]), p.stdout
+    assert defined == sorted([f"{P.M}_forward", f"{P.M}_workspace_size", f"{P.M}_identity"]), p.stdout
     for fn in TRAINING_FUNCS:
         assert not re.search(rf"\b{P.M}_{fn}\b", p.stdout), f"nm shows {P.M}_{fn}:\n{p.stdout}"
         with open(os.path.join(d, P.M + ".h")) as f:
@@ -990,3 +992,84 @@ def test_make_in_a_copy_of_examples_embed_builds_and_runs_moons(prepared, tmp_pa
     first, losses, final, last = _parse_main("\n".join(lines), 32)
     assert len(losses) == STEPS and np.all(np.isfinite(losses)) and final < losses[0]
     assert sorted(os.listdir(EMBED)) == before, "the test left files in examples/embed"
+
+
+
+# ---- identity: a stale or mismatched object or weights file is caught at init ---------------
+
+IDENTITY = r"""
+#include <stdio.h>
+#include "@M@.h"
+int main(void)
+{
+    const @M@_identity_t *id = @M@_identity();
+    printf("%d %d %d %d %s %s\n", id->abi_version, id->real_bytes, id->lanes, id->n_params, id->model_hash,
+           id->gradc_version);
+    printf("%d\n", @M@_check_identity());
+#ifdef WEIGHTS
+    printf("%d\n", @M@_check_weights());
+#endif
+    return 0;
+}
+"""
+
+def _identity_run(tmp_path, tag, header_dir, objects, defines=(), weights=False):
+    """Build the client with ``header_dir``'s header and ``defines``; each source of ``objects``
+    is compiled apart, with its own folder's header and no defines, then linked in."""
+    src = tmp_path / f"{tag}.c"
+    src.write_text(IDENTITY.replace("@M@", "ident"))
+    objs = []
+    for i, o in enumerate(objects):
+        out = tmp_path / f"{tag}_{i}.o"
+        _build([GCC, *STRICT, "-O1", "-c", o, "-o", str(out)], tmp_path, f"{tag}: {o}")
+        objs.append(str(out))
+    _build([GCC, *STRICT, "-O1", *defines, *(["-DWEIGHTS"] if weights else []), f"-I{header_dir}", str(src),
+            *objs, "-lm", "-o", str(tmp_path / tag)], tmp_path, tag)
+    p = _run([str(tmp_path / tag)])
+    assert p.returncode == 0, p.stderr
+    return p.stdout.split("\n")
+
+
+@pytest.mark.skipif(GCC is None, reason="gcc is not installed")
+def test_identity_catches_other_dtype_lanes_model_and_weights(tmp_path):
+    """The object's identity record is what it was built with; the header's check_identity returns
+    EIDENTITY (6) for a float32 header on a float64 object, a client built with -DNAME_LANES=1 against
+    a 16-lane object, and the header of a changed model on the old object; check_weights catches
+    weights trained for another version of the model."""
+    import gradc
+    from gradc.api import export
+    from gradc.abi import ABI_VERSION, EIDENTITY
+    from gradc.runtime import runtime_of
+    models = {}
+    for k in (3, 1):
+        path = tmp_path / f"ident{k}.py"
+        path.write_text("import gradc as gc\n"
+                        "m = gc.Model('ident')\n"
+                        "x, y = m.input('x', 3), m.target('y')\n"
+                        f"w = m.param('w', (1, {k}), init=gc.init.uniform(-1, 1))\n"
+                        f"z = m.output('z', {'(w @ x)[0]' if k == 3 else 'w[0, 0] * x[0]'})\n"
+                        "m.loss((z - y) ** 2)\n")
+        models[k] = str(path)
+    dirs = {}
+    for name, k, dtype in (("v1_64", 3, "float64"), ("v1_32", 3, "float32"), ("v2_64", 1, "float64")):
+        d = tmp_path / name
+        mod = gradc.load(models[k], dtype=dtype)
+        export(gradc.api.load_model_file(models[k]), str(d), dtype=dtype,
+               weights={"w": mod.init_params(seed=0)["w"]})
+        dirs[name] = (d, runtime_of(mod).info.model_hash)
+    d64, hash1 = dirs["v1_64"]
+    obj = [str(d64 / "ident.c"), str(d64 / "ident_weights.c")]
+    rec, ok, wok = _identity_run(tmp_path, "same", d64, obj, weights=True)[:3]
+    assert rec.split() == [str(ABI_VERSION), "8", "16", "3", hash1, gradc.__version__]
+    assert (ok, wok) == ("0", "0")
+    # a float32 header on the float64 object
+    assert _identity_run(tmp_path, "dtype", dirs["v1_32"][0], obj)[1] == str(EIDENTITY)
+    # -DIDENT_LANES=1 in the client, 16 lanes in the object
+    assert _identity_run(tmp_path, "lanes", d64, obj, defines=["-DIDENT_LANES=1"])[1] == str(EIDENTITY)
+    # the changed model's header on the old object, and old weights with the new model
+    d2, hash2 = dirs["v2_64"]
+    assert hash2 != hash1
+    assert _identity_run(tmp_path, "model", d2, [str(d64 / "ident.c")])[1] == str(EIDENTITY)
+    out = _identity_run(tmp_path, "weights", d2, [str(d2 / "ident.c"), str(d64 / "ident_weights.c")],
+                        weights=True)
+    assert out[1:3] == ["0", str(EIDENTITY)]

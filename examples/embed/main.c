@@ -49,6 +49,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s SAMPLES.bin [STEPS] [LR]\n", argv[0]);
         return 2;
     }
+    /* the object and the weights linked in must be the ones the header describes */
+    if (gradc_check_identity() != 0 || gradc_check_weights() != 0) {
+        fprintf(stderr, "the model object or weights do not match the header (dtype, lanes or model version)\n");
+        return 3;
+    }
     const int steps = argc > 2 ? atoi(argv[2]) : 10;
     const gradc_real lr = (gradc_real)(argc > 3 ? atof(argv[3]) : 0.1);
 

@@ -24,6 +24,7 @@ from sympy.codegen.ast import float32, real
 from sympy.printing.c import C99CodePrinter
 
 from .. import abi
+from .._version import __version__
 from ..autodiff import adjoint_symbol
 from ..functions import PRIMITIVE_OF, PRIMITIVES
 from ..ir import INT, reads, unflat
@@ -821,13 +822,14 @@ def render(prog, grad, dtype="float64", inference_only=False):
         loss="V_" + B.c[prog.loss], loss_adj="D_" + B.c[prog.loss], loss_per_sample=loss_st.scope == "sample", per_lane="norms" in funcs,
         reg=("V_" + B.c[prog.reg]) if prog.reg else None, reg_adj=("D_" + B.c[prog.reg]) if prog.reg else None,
         f=funcs, segments=segs, helpers=helper_functions(B.helpers, dtype),
+        model_hash=prog.digest(), gradc_version=__version__,
         suffix="f" if dtype == "float32" else "", lit=(lambda x: f"{x}F" if dtype == "float32" else x),
     )
     env = templates()
     c_text = env.get_template("c/model.c.j2").render(ctx)
     h = env.get_template("c/model.h.j2").render(ctx)
     cdef = env.get_template("c/cdef.j2").render(ctx)
-    layout = dict(B.layout, c_names=B.c, prefix=M)
+    layout = dict(B.layout, c_names=B.c, prefix=M, model_hash=ctx["model_hash"])
     return Source(M, c_text, h, cdef, layout)
 
 
@@ -864,4 +866,5 @@ def render_weights(src, params, dtype):
         lits = [c_literal(v, dtype) for v in a]
         rows.append(dict(p, rows=[", ".join(lits[i:i + 6]) for i in range(0, len(lits), 6)]))
     M = src.name
-    return templates().get_template("c/weights.c.j2").render(M=M, MU=M.upper(), params=rows)
+    return templates().get_template("c/weights.c.j2").render(M=M, MU=M.upper(), params=rows,
+                                                             model_hash=src.layout["model_hash"])
