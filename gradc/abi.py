@@ -10,6 +10,8 @@ turns a nonzero code back into a message from the same table, so the two cannot 
 from dataclasses import dataclass
 
 ABI_VERSION = 2      # 2: adam_apply returns a code (it was void in C)
+#: the most threads a threaded entry point takes (NAME_MAX_THREADS; more returns EARG)
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,14 @@ ERROR_CODES = (
     ErrorCode("EARG", 5, "a scalar argument is out of its range (a clipping bound or scale must be positive and finite)"),
     ErrorCode("EIDENTITY", 6, "the object file or weights are not the ones the header describes (ABI version, "
                               "dtype, lanes or model hash differ)"),
+    ErrorCode("ENONFINITE", 7, "the step's loss or gradient holds NaN or Inf; the parameters were left as they were"),
 )
 _BY_VALUE = {e.value: e for e in ERROR_CODES}
 EINDEX = 3
 ECUDA = 4
 EARG = 5
 EIDENTITY = 6
+ENONFINITE = 7
 
 
 def error_codes(target):

@@ -822,7 +822,7 @@ def render(prog, grad, dtype="float64", inference_only=False):
         loss="V_" + B.c[prog.loss], loss_adj="D_" + B.c[prog.loss], loss_per_sample=loss_st.scope == "sample", per_lane="norms" in funcs,
         reg=("V_" + B.c[prog.reg]) if prog.reg else None, reg_adj=("D_" + B.c[prog.reg]) if prog.reg else None,
         f=funcs, segments=segs, helpers=helper_functions(B.helpers, dtype),
-        model_hash=prog.digest(), gradc_version=__version__,
+        model_hash=prog.digest(), gradc_version=__version__, max_threads=abi.MAX_THREADS,
         suffix="f" if dtype == "float32" else "", lit=(lambda x: f"{x}F" if dtype == "float32" else x),
     )
     env = templates()

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .. import init as _init
+from .. import abi
 from ..abi import EINDEX, error_message
 from ..build import load_extension
 from .memory import check_alloc
@@ -28,9 +29,9 @@ from .updates import adam_apply_scalars, adam_hyper, checked_rate
 #: samples per block of the C kernels: ``gradc.codegen.c.LANES`` (the Python build never overrides
 #: it; the runtime imports no code generator, and a test checks the two agree)
 LANES = 16
-#: the largest batch one call takes. The kernels count samples in a C ``int`` and round the batch
-#: up to whole blocks (``blocks = (n + GC_L - 1) / GC_L``, ``s0 += GC_L``; CUDA rounds to chunks
-#: of 32), so ``n + 63`` must fit in ``INT_MAX``: 2**31 - 64 samples.
+#: the largest batch one call takes. The kernels count samples in a C ``int``; the C target's take
+#: up to ``INT_MAX``, the CUDA target's round the batch up to chunks of 32, so ``n + 63`` must fit in
+#: ``INT_MAX``: 2**31 - 64 samples, for both.
 MAX_BATCH = 2**31 - 64
 #: the largest batch whose loss and gradient a float32 build sums in one call: 2**24 (16,777,216)
 #: samples. The sums over the batch are float32; past 2**24 terms of similar size an added term is
@@ -38,8 +39,16 @@ MAX_BATCH = 2**31 - 64
 #: refused: split them (the mean of the parts' means, weighted by their sizes) or build float64.
 #: ``forward``, which sums nothing over the batch, takes up to ``MAX_BATCH``.
 FLOAT32_MAX_BATCH = 2**24
-#: the most threads ``set_threads`` takes; a call uses at most one per block of ``LANES`` samples
-MAX_THREADS = 1024
+#: the most threads ``set_threads`` takes (the kernels' ``NAME_MAX_THREADS``); a call uses at most
+#: one per block of ``LANES`` samples
+MAX_THREADS = abi.MAX_THREADS
+
+
+def _finite_step(out, g, fn):
+    """Refuse to take a step whose loss or gradient holds NaN or Inf, as the C steps do (ENONFINITE):
+    the parameters and the optimizer's state stay as they were."""
+    if not (math.isfinite(out[0]) and np.isfinite(g).all()):
+        raise ValueError(f"{fn}: {error_message(abi.ENONFINITE)}")
 
 
 def _positive(name, v):
@@ -615,6 +624,7 @@ class CModule:
             rc = self._lg_call(n, self._held_ptr(flat), [self._ptr(a) for a in arrays], op, gp)
             if rc:
                 self._check(rc, "sgd_step", data)
+            _finite_step(out, g, "sgd_step")       # as the C step: no update from NaN or Inf
             flat -= self.dtype.type(lr) * g
             return float(out[0])
         rc = self._sgd(n, self._held_ptr(flat), *[self._ptr(a) for a in arrays], lr, op, gp, self._work())
@@ -698,11 +708,12 @@ class CModule:
 
     def _apply_flat(self, fn, rule, flat, buffers, scalars, data, dropout_rng):
         n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
-        _, gp, out, op = self._step_buffers()
+        g, gp, out, op = self._step_buffers()
         fp = self._held_ptr(flat)
         rc = self._lg_call(n, fp, [self._ptr(a) for a in arrays], op, gp)
         if rc:
             self._check(rc, f"{rule}_step", data)
+        _finite_step(out, g, f"{rule}_step")      # no update (nor state) from NaN or Inf
         rc = fn(fp, gp, *[self._held_ptr(b) for b in buffers], *scalars)
         if rc:          # None while an update is void (ABI 1)
             self._check(rc, f"{rule}_step")
