@@ -823,6 +823,9 @@ def render(prog, grad, dtype="float64", inference_only=False):
         reg=("V_" + B.c[prog.reg]) if prog.reg else None, reg_adj=("D_" + B.c[prog.reg]) if prog.reg else None,
         f=funcs, segments=segs, helpers=helper_functions(B.helpers, dtype),
         model_hash=prog.digest(), gradc_version=__version__, max_threads=abi.MAX_THREADS,
+        # float32 sums over a batch: in chunks, added with compensation (templates/c/model.c.j2)
+        chunked=dtype == "float32" and not inference_only and loss_st.scope == "sample",
+        badj_n=0 if inference_only else B.layout["batch_adj_range"][1].at(1) - B.layout["batch_adj_range"][0].at(1),
         suffix="f" if dtype == "float32" else "", lit=(lambda x: f"{x}F" if dtype == "float32" else x),
     )
     env = templates()
