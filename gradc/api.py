@@ -277,14 +277,21 @@ def check_weights(files, prog, what="weights"):
     return out
 
 
-def export(model, outdir, weights=None, dtype="float64", inference_only=False, force=False):
-    """Write ``NAME.h`` and ``NAME.c`` (and ``NAME_weights.c`` from ``weights``) into ``outdir``.
+def export(model, outdir, weights=None, dtype="float64", inference_only=False, force=False, test_vectors=0):
+    """Write ``NAME.h``, ``NAME.c``, ``CMakeLists.txt`` (and ``NAME_weights.c`` from ``weights``) into
+    ``outdir``.
 
-    ``weights`` is a path (checkpoint or .npz of parameters) or a dict of arrays. Returns the
-    paths written. A file in the way that gradc did not write is left alone (``OutputError``)
-    unless ``force``. Example: ``gradc.api.export(m, "out", weights="run/checkpoint.npz")``.
+    ``weights`` is a path (checkpoint or .npz of parameters) or a dict of arrays. ``test_vectors=N``
+    (needs ``weights``) also writes ``NAME_selftest.c``: N seeded inputs and the outputs this
+    module computes for them, checked against ``NAME_forward`` (a CTest test in the CMake build).
+    Returns the paths written. A file in the way that gradc did not write is left alone
+    (``OutputError``) unless ``force``. Example: ``gradc.api.export(m, "out", weights="run/checkpoint.npz")``.
     """
-    from .codegen.c import render, render_weights
+    from .codegen.c import render, render_cmake, render_selftest, render_weights
+    if isinstance(test_vectors, bool) or not isinstance(test_vectors, int) or not 0 <= test_vectors <= 10000:
+        raise ModelError(f"test_vectors must be a whole number from 0 to 10000, not {test_vectors!r}", where=None)
+    if test_vectors and weights is None:
+        raise ModelError("test vectors need the weights they check (give --weights)", where=None)
     if dtype not in ("float32", "float64"):
         raise ModelError(f"dtype must be float32 or float64, not {dtype!r}", where=None)
     prog = lower_model(model)
@@ -299,6 +306,10 @@ def export(model, outdir, weights=None, dtype="float64", inference_only=False, f
         params = read_weights(weights, prog) if isinstance(weights, (str, os.PathLike)) \
             else check_weights(dict(weights), prog)
         files[f"{src.name}_weights.c"] = render_weights(src, params, dtype)
+    if test_vectors:
+        inputs, outputs = _test_vectors(model, prog, params, dtype, test_vectors)
+        files[f"{src.name}_selftest.c"] = render_selftest(src, inputs, outputs, dtype)
+    files["CMakeLists.txt"] = render_cmake(src, weights is not None, test_vectors)
     prepare_outputs(outdir, list(files), force, "export")
     written = []
     for fn, text in files.items():
@@ -306,6 +317,30 @@ def export(model, outdir, weights=None, dtype="float64", inference_only=False, f
         write_output(path, text.encode())
         written.append(path)
     return written
+
+
+def _test_vectors(model, prog, params, dtype, n):
+    """(inputs, outputs) for ``n`` seeded samples: reals standard normal, ids uniform in their range,
+    dropout masks ones; the outputs of this model's compiled module (its forward pass, in ``dtype``)
+    with ``params``, the values ``NAME_weights.c`` holds."""
+    import numpy as np
+    mod = compile_model(model, dtype)
+    rng = np.random.default_rng(0)
+    inputs = {}
+    for t in prog.inputs:
+        shape = (n, *t.shape)
+        if t.dropout is not None:
+            inputs[t.name] = np.ones(shape, dtype=mod.dtype)
+        elif mod.input_dtypes[t.name] == np.int32:
+            bounds = [b if b is not None else 1 for b in prog.int_bounds.get(t.name, [1] * t.size)]
+            hi = np.array(bounds).reshape(t.shape) if t.shape else bounds[0]
+            inputs[t.name] = (rng.random(shape) * hi).astype(np.int32)
+        else:
+            inputs[t.name] = rng.standard_normal(shape).astype(mod.dtype)
+    p = mod.init_params(seed=0)
+    for k in p:
+        p[k][...] = np.asarray(params[k], dtype=np.float64)
+    return inputs, mod.forward(p, **inputs)
 
 
 # the head comment of every C file gradc writes says so (templates/c, templates/cuda)
@@ -349,6 +384,8 @@ def written_by_gradc(path):
             if head.startswith(b"/*"):
                 comment = head.split(b"*/", 1)[0]
                 return any(m in comment for m in _C_MARKERS)
+            if base == "CMakeLists.txt":
+                return head.startswith(b"# written by gradc export")
     except OSError:
         return False
     return False

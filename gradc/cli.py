@@ -43,6 +43,8 @@ def _parser():
     e.add_argument("--weights", help="trained parameters: a checkpoint, or an .npz of arrays by parameter name")
     e.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     e.add_argument("--inference-only", action="store_true", help="forward only: smallest code and workspace")
+    e.add_argument("--test-vectors", type=int, default=0, metavar="N",
+                   help="also write NAME_selftest.c: N inputs and the outputs expected with --weights")
     e.add_argument("--name", help="C prefix (default: the model's name)")
     e.add_argument("--model", help="which model, when the file defines several")
     e.add_argument("--force", action="store_true", help="replace files in OUTDIR that gradc did not write")
@@ -206,7 +208,8 @@ def cmd_export(args):
     model = _load(args)
     if args.name:
         model.name = args.name
-    written = export(model, args.outdir, args.weights, args.dtype, args.inference_only, force=args.force)
+    written = export(model, args.outdir, args.weights, args.dtype, args.inference_only, force=args.force,
+                     test_vectors=args.test_vectors)
     print(f"gradc: wrote {', '.join(written)}")
     return 0
 

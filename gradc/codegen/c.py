@@ -871,3 +871,33 @@ def render_weights(src, params, dtype):
     M = src.name
     return templates().get_template("c/weights.c.j2").render(M=M, MU=M.upper(), params=rows,
                                                              model_hash=src.layout["model_hash"])
+
+
+def render_cmake(src, weights, selftest):
+    """``CMakeLists.txt`` beside an export: the model as a static library (and its self-test)."""
+    M = src.name
+    return templates().get_template("c/CMakeLists.txt.j2").render(M=M, MU=M.upper(), weights=weights,
+                                                                  selftest=selftest)
+
+
+def render_selftest(src, inputs, outputs, dtype):
+    """``NAME_selftest.c``: stored inputs (dict name -> array (n, ...), int32 or real) and the outputs
+    expected for them (dict name -> array), and a check of ``NAME_forward`` against them."""
+    M = src.name
+    c = src.layout["c_names"]
+
+    def table(prefix, name, a):
+        a = np.asarray(a)
+        flat = a.reshape(-1)
+        if a.dtype == np.int32:
+            lits, ctype = [str(int(v)) for v in flat], "int32_t"
+        else:
+            lits, ctype = [c_literal(v, dtype) for v in flat], M + "_real"
+        return dict(var=prefix + c[name], ctype=ctype, count=len(lits),
+                    rows=[", ".join(lits[i:i + 6]) for i in range(0, len(lits), 6)])
+    arrays = [table("in_", k, v) for k, v in inputs.items()] + [table("want_", k, v) for k, v in outputs.items()]
+    n = len(next(iter(inputs.values()))) if inputs else len(next(iter(outputs.values())))
+    outs = [dict(name=c[k], size=int(np.prod(np.shape(v)[1:], dtype=int))) for k, v in outputs.items()]
+    tol = "1e-5" if dtype == "float32" else "1e-12"
+    return templates().get_template("c/selftest.c.j2").render(
+        M=M, MU=M.upper(), n=n, arrays=arrays, inputs=arrays[:len(inputs)], outputs=outs, tol=tol)
