@@ -9,7 +9,7 @@ turns a nonzero code back into a message from the same table, so the two cannot 
 """
 from dataclasses import dataclass
 
-ABI_VERSION = 2      # 2: adam_apply returns a code (it was void in C)
+ABI_VERSION = 3      # 2: adam_apply returns a code (it was void in C); 3: adam_step keeps beta^t in beta_pow
 #: the most threads a threaded entry point takes (NAME_MAX_THREADS; more returns EARG)
 MAX_THREADS = 1024
 

@@ -136,10 +136,11 @@ static tiny_real work[TINY_WORKSPACE_REALS + TINY_WORKSPACE_INTS + 1];
 /* One Adam step with these settings from fixed state: its code, and whether anything changed. */
 static void adam(double lr, double b1, double b2, double eps, int32_t step0, const tiny_real *xs)
 {
-    tiny_real p[1] = {0.5}, m[1] = {0.25}, v[1] = {0.125}, g[1], loss;
+    tiny_real p[1] = {0.5}, m[1] = {0.25}, v[1] = {0.125}, bp[2] = {0.9, 0.999}, g[1], loss;
     int32_t step = step0;
-    const int rc = tiny_adam_step(3, p, xs, y, lr, b1, b2, eps, &step, m, v, &loss, g, work);
-    printf("%d %d\n", rc, p[0] != 0.5 || m[0] != 0.25 || v[0] != 0.125 || step != step0);
+    const int rc = tiny_adam_step(3, p, xs, y, lr, b1, b2, eps, &step, bp, m, v, &loss, g, work);
+    printf("%d %d\n", rc, p[0] != 0.5 || m[0] != 0.25 || v[0] != 0.125 || step != step0 || bp[0] != 0.9
+           || bp[1] != 0.999);
 }
 
 int main(void)
@@ -153,6 +154,12 @@ int main(void)
     adam(0.01, 0.9, 0.999, 0.0, 0, x);            /* eps = 0 */
     adam(NAN, 0.9, 0.999, 1e-8, 0, x);            /* lr NaN */
     adam(-0.01, 0.9, 0.999, 1e-8, 0, x);          /* lr < 0 */
+    {   /* beta_pow outside [0, 1] */
+        tiny_real p[1] = {0.5}, m[1] = {0}, v[1] = {0}, bp[2] = {1.5, 1}, g[1], loss;
+        int32_t step = 0;
+        const int rc = tiny_adam_step(3, p, x, y, 0.01, 0.9, 0.999, 1e-8, &step, bp, m, v, &loss, g, work);
+        printf("%d %d\n", rc, p[0] != 0.5);
+    }
     adam(0.01, 0.9, 0.999, 1e-8, 0, bad);         /* the data make the gradient NaN */
     tiny_real p[1] = {0.5}, g[1], loss, m[1] = {0}, v[1] = {0};
     int rc = tiny_sgd_step(3, p, bad, y, 0.1, &loss, g, work);
@@ -178,9 +185,10 @@ def test_adam_and_sgd_validate_their_scalars_and_refuse_nonfinite_steps(tmp_path
     out = _build_run(tmp_path, STEPS, [c], ["-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"])
     lines = out.split("\n")
     A, N = str(EARG), str(ENONFINITE)
-    assert lines[:9] == ["0 1", f"{A} 0", f"{A} 0", f"{A} 0", f"{A} 0", f"{A} 0", f"{A} 0", f"{A} 0", f"{N} 0"], out
-    assert lines[9:12] == [f"{N} 0", f"{A} 0", "0 1"], out
-    assert lines[12:16] == [A, A, A, "0"], out
+    assert lines[:10] == ["0 1", f"{A} 0", f"{A} 0", f"{A} 0", f"{A} 0", f"{A} 0", f"{A} 0", f"{A} 0", f"{A} 0",
+                          f"{N} 0"], out
+    assert lines[10:13] == [f"{N} 0", f"{A} 0", "0 1"], out
+    assert lines[13:17] == [A, A, A, "0"], out
 
 
 def test_python_fused_steps_refuse_nonfinite_steps_and_keep_the_parameters():
@@ -208,3 +216,17 @@ def test_python_fused_steps_refuse_nonfinite_steps_and_keep_the_parameters():
         assert np.array_equal(p.flat, before)
         assert all(not np.any(a) for a in st.values() if isinstance(a, np.ndarray))
     mod.set_threads(1)
+
+
+def test_adam_needs_no_pow(tmp_path):
+    """adam_step keeps beta^t as running products (beta_pow), so a float32 training object of moons
+    links no powf (about 2 KiB of flash on a Cortex-M4). That its steps still equal gradc.optim.Adam's
+    (1e-12 in float64, 1e-5 in float32) is tests/test_embed.py's Adam test."""
+    from gradc.api import export, load_model_file
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    export(load_model_file(os.path.join(root, "examples", "moons", "model.py")), str(tmp_path), dtype="float32")
+    p = subprocess.run([GCC, *STRICT, "-O2", "-c", "moons.c", "-o", "moons.o"], cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    undefined = subprocess.run(["nm", "-u", "moons.o"], cwd=tmp_path, capture_output=True, text=True).stdout.split()
+    assert not [s for s in undefined if s.startswith("pow")], undefined

@@ -372,9 +372,10 @@ int main(int argc, char **argv)
     void *work = block + sizeof(@M@_real);
     memcpy(params, @M@_weights, sizeof(@M@_real) * @MU@_N_PARAMS);
     int32_t step = 0;
+    @M@_real beta_pow[2] = {1, 1};
     for (int k = 0; k < steps; ++k) {
         @M@_real loss = 0;
-        const int rc = @M@_adam_step(n, params, x, y, lr, beta1, beta2, eps, &step, m, v, &loss, grad, work);
+        const int rc = @M@_adam_step(n, params, x, y, lr, beta1, beta2, eps, &step, beta_pow, m, v, &loss, grad, work);
         if (rc != @MU@_OK) return 10 + rc;
         printf("step %d loss %.17g\n", k, (double)loss);
     }
