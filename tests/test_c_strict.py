@@ -35,7 +35,7 @@ GCC = shutil.which("gcc")
 GXX = shutil.which("g++")
 pytestmark = pytest.mark.skipif(GCC is None, reason="gcc is not installed")
 
-STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-Wshadow"]
 FLOAT_WARN = ["-Wdouble-promotion", "-Wfloat-conversion"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
 RTOL = {"float64": 1e-12, "float32": 1e-5}
