@@ -111,3 +111,22 @@ def test_readme_lbfgs_accuracies_are_what_the_bench_gives(tmp_path):
         m = re.search(r"\| " + re.escape(label) + r" \| ([\d.]+)% \| ([\d.]+) \|", readme)
         assert m, f"the README has no row {label!r}"
         assert (m.group(1), m.group(2)) == (f"{100 * acc:.1f}", f"{auc:.4f}"), (label, m.groups(), acc, auc)
+
+
+def test_readme_scikit_learn_rows_are_what_the_bench_gives(tmp_path):
+    """The peers' seeded accuracies (and AUCs) in the README's L-BFGS tables, for the scikit-learn
+    the tests run with (the rows name the seeds)."""
+    import re
+    pytest.importorskip("sklearn")
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    bench = _bench_module("lbfgs_compare")
+    digits = [acc for label, acc, _ in bench.rows(("sklearn",))]
+    m = re.search(r"\| scikit-learn MLPClassifier lbfgs, seeds 0 / 1 / 2 \| ([^|]*) \|", readme)
+    assert m and m.group(1).strip() == " / ".join(f"{100 * a:.1f}%" for a in digits), (m and m.group(1), digits)
+    risk = bench.risk_rows(("sklearn",))
+    lr, mlps = risk[0], risk[1:]
+    m = re.search(r"\| scikit-learn LogisticRegression lbfgs \| ([\d.]+)% \| ([\d.]+) \|", readme)
+    assert m and (m.group(1), m.group(2)) == (f"{100 * lr[1]:.1f}", f"{lr[2]:.4f}"), (m and m.groups(), lr)
+    m = re.search(r"\| scikit-learn MLPClassifier\(16\) lbfgs, seeds 0 / 1 / 2 \| ([^|]*) \| ([^|]*) \|", readme)
+    assert m and m.group(1).strip() == " / ".join(f"{100 * r[1]:.1f}%" for r in mlps), (m and m.group(1), mlps)
+    assert m.group(2).strip() == " / ".join(f"{r[2]:.4f}" for r in mlps), (m.group(2), mlps)
