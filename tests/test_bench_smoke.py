@@ -130,3 +130,27 @@ def test_readme_scikit_learn_rows_are_what_the_bench_gives(tmp_path):
     m = re.search(r"\| scikit-learn MLPClassifier\(16\) lbfgs, seeds 0 / 1 / 2 \| ([^|]*) \| ([^|]*) \|", readme)
     assert m and m.group(1).strip() == " / ".join(f"{100 * r[1]:.1f}%" for r in mlps), (m and m.group(1), mlps)
     assert m.group(2).strip() == " / ".join(f"{r[2]:.4f}" for r in mlps), (m.group(2), mlps)
+
+
+def test_workloads_bench_runs_w6_on_generated_data_with_its_float64_reference(tmp_path):
+    """W6 (LeNet-5) without --data: the generated data carry float64 reference losses (from the numpy
+    LeNet), which gradc's float64 module reproduces; numpy's float32 losses agree with gradc's."""
+    import json
+    out = tmp_path / "results"
+    p = subprocess.run([sys.executable, os.path.join(BENCH, "workloads.py"), "--workloads", "W6", "--peers", "numpy",
+                        "--steps", "3", "--rounds", "1", "--warmup", "1", "--check-steps", "2", "--no-plot",
+                        "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    data = json.loads((out / "workloads.json").read_text())
+    (r,) = data["results"]
+    assert r["id"] == "W6" and r["batch"] == 128 and r["n_params"] == 44426
+    # GEMM-equivalent: forward MACs F per sample, 3F - conv1's over the step, 2 flops each, + 2 per parameter
+    F = 24 * 24 * 6 * 25 + 8 * 8 * 16 * 150 + 256 * 120 + 120 * 84 + 84 * 10
+    assert r["flops"] == 2 * 128 * (3 * F - 24 * 24 * 6 * 25) + 2 * 44426
+    assert r["check"]["numpy"]["ok"], r["check"]
+    assert set(r["ref_check"]) == {"gradc", "numpy"}
+    for c in r["ref_check"].values():
+        assert c["ok"] and c["steps"] == 10 and c["dtype"] == "float64" and c["max_abs"] <= 1e-10, c
+    assert "Float64 trajectory against the reference" in p.stdout
+    if hasattr(os, "sched_setaffinity"):
+        assert data["meta"]["pinned"].startswith("pinned to core")

@@ -2,12 +2,15 @@
 
 Each part imports only the ones listed before it:
 
-* ``definitions``: the five workloads (``Workload``, ``workloads()``), their data (``load_data`` from
+* ``lenet_numpy``: W6's LeNet-5 in numpy by hand (numpy only), the numpy peer of W6 and the float64
+  reference of its generated data;
+* ``definitions``: the six workloads (``Workload``, ``workloads()``), their data (``load_data`` from
   ``../shared/workloads``, or ``generate_data`` by the same recipes), the peers' names and labels;
 * ``timing``: one framework's training step on one workload (``Runner``; ``Skip`` when a peer cannot
-  run here), the loss check against gradc's, the interleaved timing, the machine's GEMM rate;
+  run here), the loss check against gradc's, W6's check against its stored float64 losses, the
+  interleaved timing, the machine's GEMM rate, the pinning to one core;
 * ``peers/``: one module per framework, each a ``build_<name>(wl)`` that returns a ``Runner``
-  (gradc, numpy by hand, PyTorch eager, JAX jit, micrograd, CasADi code generation);
+  (gradc, numpy by hand, PyTorch eager, torch.compile, JAX jit, micrograd, CasADi code generation);
 * ``report``: the Markdown report, the chart and the run's metadata (versions, commit, CPU).
 
 Importing this package sets one thread everywhere (the variables below are read by BLAS, OpenMP and

@@ -1,8 +1,9 @@
-"""The five shared workloads (``../shared/WORKLOADS.md``) and their data: what each trains, on what.
+"""The six shared workloads (``../shared/WORKLOADS.md``) and their data: what each trains, on what.
 
 ``workloads()`` lists them as ``Workload`` records (model file, dtype, layers, optimizer, learning rate,
 which peers run it, gradc's argument names); ``load_data`` reads a workload's ``.npz`` from the
-shared folder and ``generate_data`` makes random data of the same shapes by the same recipes, seeded.
+shared folder and ``generate_data`` makes random data of the same shapes by the same recipes, seeded
+(W6's with its float64 reference losses, computed by the numpy LeNet of ``lenet_numpy``).
 """
 import math
 import os
@@ -10,13 +11,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .lenet_numpy import reference_losses
+
 BENCH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(BENCH)
 LOCAL_MODELS = os.path.join(BENCH, "workload_models")
 
-PEERS = ("numpy", "torch", "jax", "micrograd", "casadi")
-LABELS = {"gradc": "gradc", "numpy": "numpy by hand", "torch": "PyTorch eager", "jax": "JAX jit",
-          "micrograd": "micrograd", "casadi": "CasADi codegen"}
+PEERS = ("numpy", "torch", "torch_compile", "jax", "micrograd", "casadi")
+LABELS = {"gradc": "gradc", "numpy": "numpy by hand", "torch": "PyTorch eager", "torch_compile": "torch.compile",
+          "jax": "JAX jit", "micrograd": "micrograd", "casadi": "CasADi codegen"}
+
+# W6 (LeNet-5 on 28x28): per layer, the multiply-adds of its forward pass for one sample
+LENET_MACS = (("conv1", 24 * 24 * 6 * 25), ("conv2", 8 * 8 * 16 * 150), ("dense3", 256 * 120),
+              ("dense4", 120 * 84), ("dense5", 84 * 10))
 
 
 @dataclass
@@ -25,11 +32,11 @@ class Workload:
     title: str
     dtype: str                      # gradc's, numpy's, PyTorch's and JAX's
     model: str                      # gradc model file
-    kind: str                       # "mlp" or "mf"
+    kind: str                       # "mlp", "mf" or "cnn" (W6's LeNet-5)
     optimizer: str                  # "sgd" or "adam"
     lr: float
     file: str
-    layers: tuple = ()              # MLP (fan_in, fan_out) per layer
+    layers: tuple = ()              # MLP (fan_in, fan_out) per layer; CNN (name, forward MACs per sample)
     act: str = "relu"               # hidden activation
     head: str = ""                  # "hinge" (+ L2 1e-4 on all parameters), "bce" or "ce"
     peers: tuple = ("numpy", "torch", "jax")
@@ -47,7 +54,7 @@ class Workload:
         return {k[5:]: v for k, v in self.data.items() if k.startswith("init_")}
 
     def mlp_batches(self):
-        """[(X, y)] in float64 (y int64 for class labels), one per batch."""
+        """[(X, y)] in float64 (y int64 for class labels), one per batch (W6: X is (B, 28, 28))."""
         X, y = self.data["X"], self.data["y"]
         out = []
         for idx in self.batches:
@@ -74,6 +81,10 @@ class Workload:
             for li, (i, o) in enumerate(self.layers):
                 f += 2 * B * i * o * (3 if li else 2)   # forward, dW, and dX except for the first layer
                 n += i * o + o
+        elif self.kind == "cnn":
+            # each layer's forward MACs, again for its weight gradient and, but for conv1, its input gradient
+            f = sum(2 * B * macs * (3 if li else 2) for li, (_, macs) in enumerate(self.layers))
+            n = self.n_params
         else:
             R = self.data["init_P"].shape[1]
             n = sum(v.size for v in self.init.values())
@@ -103,6 +114,9 @@ def workloads():
         Workload("W5", "matrix factorization, rank 32", "float32", os.path.join(LOCAL_MODELS, "w5_mf.py"), "mf",
                  "sgd", 0.05, "w5_mf.npz",
                  names=dict(u="user", i="item", mu="mu", r="rating")),
+        Workload("W6", "LeNet-5 on 28x28", "float32", os.path.join(LOCAL_MODELS, "w6_lenet.py"), "cnn",
+                 "sgd", 0.01, "w6_lenet.npz", layers=LENET_MACS, head="ce",
+                 peers=("numpy", "torch", "torch_compile", "jax"), names=dict(x="x", y="label")),
     ]
 
 
@@ -153,6 +167,15 @@ def generate_data(wl, seed=0):
                  X_test=rng.integers(0, 17, (360, 64)) / 16, y_test=rng.integers(0, 10, 360),
                  batches=np.stack([rng.permutation(1437)[:22 * 64].reshape(22, 64) for _ in range(20)]),
                  **_linear_init(rng, wl.layers))
+    elif wl.id == "W6":                                  # PyTorch's Conv2d and Linear default init
+        d = dict(X=rng.random((1024, 28, 28)), y=rng.integers(0, 10, 1024),
+                 batches=rng.permutation(1024).reshape(8, 128))
+        for name, bias, shape in (("K1", "c1", (6, 1, 5, 5)), ("K2", "c2", (16, 6, 5, 5))):
+            s = 1 / math.sqrt(np.prod(shape[1:]))
+            d[f"init_{name}"], d[f"init_{bias}"] = rng.uniform(-s, s, shape), rng.uniform(-s, s, shape[0])
+        lin = _linear_init(rng, ((256, 120), (120, 84), (84, 10)))
+        d.update({k[:-1] + str(int(k[-1]) + 2): v for k, v in lin.items()})     # W1.. -> W3..
+        d["ref_losses_f64"] = reference_losses(d, 10, wl.lr)
     else:
         nu, ni, R, n = 1000, 1700, 32, 100_000
         r = rng.integers(1, 6, n).astype(float)

@@ -33,11 +33,12 @@ def fmt_ratio2(r):
 
 def markdown(results, meta):
     fws = ["gradc"] + [p for p in PEERS if p in meta["peers"]]
-    L = ["# gradc and its peers on the five shared workloads", ""]
+    L = ["# gradc and its peers on the shared workloads", ""]
     L.append(f"{meta['when']}, {meta['machine']} (load average {meta['load']} at the end); gradc at "
              f"{meta['commit']}; Python {meta['python']}, " + ", ".join(
                  f"{k} {v}" for k, v in meta["versions"].items()) + f". Wall time {meta['wall_s']:.0f} s.")
-    L.append(f"Data: {meta['data']}. One thread everywhere; one step = forward + backward over one minibatch "
+    L.append(f"Data: {meta['data']}. One thread everywhere, {meta.get('pinned', 'not pinned')}; "
+             f"one step = forward + backward over one minibatch "
              f"+ optimizer update; median of {meta['steps']} steps per framework after {meta['warmup']} warm-up "
              f"steps, the frameworks interleaved in {meta['rounds']} rounds.")
     L.append(f"Machine, single thread, numpy 1024x1024 matmul: **SGEMM {meta['sgemm']:.1f} GFLOP/s, "
@@ -65,18 +66,19 @@ def markdown(results, meta):
     L.append("## Compile / build time (s)")
     L.append("")
     L.append("| workload | gradc cold compile | gradc warm load | JAX jit (trace + compile + first call) "
-             "| CasADi SX + codegen + gcc |")
-    L.append("|---|---:|---:|---:|---:|")
+             "| torch.compile (first call) | CasADi SX + codegen + gcc |")
+    L.append("|---|---:|---:|---:|---:|---:|")
     for r in results:
         fr = r["frameworks"]
         g = fr["gradc"]
-        j = fr.get("jax", {}).get("compile_s")
-        c = fr.get("casadi", {}).get("compile_s")
+        cs = [fr.get(k, {}).get("compile_s") for k in ("jax", "torch_compile", "casadi")]
         L.append(f"| {r['id']} | {g['compile_s']:.2f} | {g['warm_s']:.3f} | "
-                 f"{'' if j is None else f'{j:.2f}'} | {'' if c is None else f'{c:.2f}'} |")
+                 + " | ".join("" if c is None else f"{c:.2f}" for c in cs) + " |")
     L.append("")
     L.append("gradc: `gradc.load` in this process with a fresh, empty `GRADC_CACHE_DIR` (imports done "
-             "beforehand); warm: the same call again. PyTorch eager, numpy and micrograd have nothing to compile.")
+             "beforehand); warm: the same call again. torch.compile: the first call of the compiled step "
+             "(dynamo + inductor for the forward, its backward and the SGD update, with the process's affinity). "
+             "PyTorch eager, numpy and micrograd have nothing to compile.")
     L.append("")
     L.append("## Arithmetic rate")
     L.append("")
@@ -94,7 +96,10 @@ def markdown(results, meta):
     L.append("")
     L.append("FLOPs are GEMM-equivalent: 2·B·fan_in·fan_out per layer forward, the same for dW and for dX "
              "(not for the first layer), W5 ≈ 12·B·rank, plus 2 per parameter for SGD, 10 for Adam; "
-             "elementwise work is not counted.")
+             "elementwise work is not counted. W6 counts its convolutions the same way, by multiply-adds per "
+             "sample in the forward pass (conv1 24·24·6·25, conv2 8·8·16·150, then 256·120, 120·84, 84·10): "
+             "2·B·MACs for the forward pass, again for each layer's weight gradient, again for each input "
+             "gradient but conv1's; pooling and ReLU are not counted.")
     L.append("")
     L.append("## Where gradc's step goes (median µs, timed apart on batch 0)")
     L.append("")
@@ -116,7 +121,8 @@ def markdown(results, meta):
              "Python adds (argument checks, the cffi call). For comparison, the unfused path: "
              "`mod.loss_and_grad` (which returns a gradient dict) and `opt.step` (numpy). Last, the fused step with "
              "the batch split over two threads (`mod.set_threads(2)`, OpenMP): an option, not part of the "
-             "single-thread comparison above.")
+             "single-thread comparison above, and not measured when the process is pinned to one core "
+             "(`--no-pin` to have it).")
     L.append("")
     L.append("## Correctness: loss over the first steps from the shared initial parameters")
     L.append("")
@@ -126,6 +132,18 @@ def markdown(results, meta):
         for name, c in r["check"].items():
             L.append(f"| {r['id']} | {LABELS[name]} | {c['steps']} | {c['loss']:.10g} | {c['gradc_loss']:.10g} | "
                      f"{c['rel']:.1e} | {c['tol']:.0e} | {'ok' if c['ok'] else '**MISMATCH**'} |")
+    refs = [(r, name, c) for r in results for name, c in r.get("ref_check", {}).items()]
+    if refs:
+        L += ["", "## Float64 trajectory against the reference stored in the data", "",
+              "| workload | framework (float64) | steps | first loss | reference | last loss | reference "
+              "| max abs diff | tol | |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r, name, c in refs:
+            L.append(f"| {r['id']} | {LABELS[name]} | {c['steps']} | {c['first']:.12f} | {c['ref_first']:.12f} | "
+                     f"{c['last']:.12f} | {c['ref_last']:.12f} | {c['max_abs']:.1e} | {c['tol']:.0e} | "
+                     f"{'ok' if c['ok'] else '**MISMATCH**'} |")
+        L += ["", "Each framework rebuilt in float64 (gradc: a second module, compiled with `dtype=\"float64\"`), "
+              "SGD from the shared initial parameters over the workload's batches; `ref_losses_f64` is stored in "
+              "the data file (the shared file: PyTorch float64; generated data: the numpy LeNet in float64)."]
     notes = []
     for r in results:
         for name, why in r["skipped"].items():

@@ -1,12 +1,15 @@
 """How a framework's training step is run, checked and timed.
 
 A peer's builder returns a ``Runner`` (``step(k)`` runs training step k) or raises ``Skip``.
-``check`` compares each runner's losses over the first steps with gradc's; ``time_steps`` times the
+``check`` compares each runner's losses over the first steps with gradc's; ``reference_check`` a
+float64 runner's losses with the reference stored in the data (W6); ``time_steps`` times the
 runners interleaved in shuffled rounds; ``time_parts`` times the pieces of gradc's step;
-``gemm_rate`` measures the machine's single-thread GEMM rate for scale.
+``gemm_rate`` measures the machine's single-thread GEMM rate for scale; ``pin_to_one_core`` pins the
+process.
 """
 import gc
 import math
+import os
 import random
 import statistics
 import time
@@ -85,6 +88,35 @@ def check(runners, steps, mg_steps):
         out[r.name] = dict(steps=len(losses), loss=losses[-1], gradc_loss=ref[len(losses) - 1], rel=rel, tol=tol,
                            ok=bool(ok), first_step_s=traj[r.name][1][0])
     return out, traj
+
+
+def reference_check(runner, ref, tol=1e-10):
+    """The runner's first len(ref) losses from the shared init against the stored reference ``ref``
+    (absolute difference; the losses are about 2.3)."""
+    ref = [float(v) for v in ref]
+    losses = [float(runner.value(runner.run(1))) for _ in ref]
+    diff = max(abs(a - b) for a, b in zip(losses, ref))
+    ok = all(math.isfinite(a) for a in losses) and diff <= tol
+    return dict(steps=len(ref), dtype=runner.dtype, first=losses[0], last=losses[-1], ref_first=ref[0],
+                ref_last=ref[-1], max_abs=diff, tol=tol, ok=bool(ok))
+
+
+def pin_to_one_core():
+    """Pins every thread of this process (and the threads it starts later) to the lowest core it may
+    run on; returns that core, or None where the OS has no ``sched_setaffinity``."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    core = min(os.sched_getaffinity(0))
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, {core})
+        except OSError:                           # a thread that has just ended
+            pass
+    return core
 
 
 def time_steps(runners, counts, rounds, seed):

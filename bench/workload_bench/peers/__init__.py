@@ -4,7 +4,7 @@ from .gradc_peer import build_gradc
 from .jax_peer import build_jax
 from .micrograd_peer import build_micrograd
 from .numpy_peer import build_numpy
-from .torch_peer import build_torch, torch_mf, torch_mlp
+from .torch_peer import build_torch, build_torch_compile, torch_lenet, torch_mf, torch_mlp
 
 __all__ = ["build_casadi", "build_gradc", "build_jax", "build_micrograd", "build_numpy", "build_torch",
-           "torch_mf", "torch_mlp"]
+           "build_torch_compile", "torch_lenet", "torch_mf", "torch_mlp"]

@@ -47,32 +47,42 @@ def _restore_env(key, old):
         os.environ[key] = old
 
 
-def build_gradc(wl, cache_dirs):
+def _param(wl, name, v):
+    """A parameter of the workload file in gradc's model layout: the dense layers are (fan_out, fan_in)
+    in the models, (fan_in, fan_out) in the files; W6's W3 takes the 16x4x4 map as (120, 16, 4, 4)."""
+    if wl.kind == "cnn" and name == "W3":
+        return v.T.reshape(120, 16, 4, 4)
+    return v.T if wl.kind in ("mlp", "cnn") and v.ndim == 2 else v
+
+
+def build_gradc(wl, cache_dirs, dtype=None, parts=True):
+    """gradc's runner; ``dtype`` (default the workload's) and ``parts=False`` serve the float64
+    reference check, which needs the step only."""
     import gradc
     from gradc import optim
     _preimport_gradc()
+    dtype = dtype or wl.dtype
     cache = tempfile.mkdtemp(prefix=f"gradc-bench-{wl.id}-")
     cache_dirs.append(cache)
     old = os.environ.get("GRADC_CACHE_DIR")
     os.environ["GRADC_CACHE_DIR"] = cache
     try:
         t0 = time.perf_counter()
-        mod = gradc.load(wl.model, dtype=wl.dtype)
+        mod = gradc.load(wl.model, dtype=dtype)
         cold = time.perf_counter() - t0
         t0 = time.perf_counter()
-        gradc.load(wl.model, dtype=wl.dtype)
+        gradc.load(wl.model, dtype=dtype)
         warm = time.perf_counter() - t0
     finally:
         _restore_env("GRADC_CACHE_DIR", old)
-    dt = np.dtype(wl.dtype)
+    dt = np.dtype(dtype)
     p = mod.init_params(seed=0)
     init = wl.init
     for name in p:
-        v = init[name]
-        p[name] = (v.T if wl.kind == "mlp" and v.ndim == 2 else v).astype(dt)
+        p[name] = np.ascontiguousarray(_param(wl, name, init[name]), dt)
     opt = optim.Adam(p, lr=wl.lr) if wl.optimizer == "adam" else optim.SGD(p, lr=wl.lr)
     nm = wl.names
-    if wl.kind == "mlp":
+    if wl.kind in ("mlp", "cnn"):
         ydt = np.int32 if wl.head == "ce" else dt
         batches = [{nm["x"]: np.ascontiguousarray(X, dt), nm["y"]: np.ascontiguousarray(y, ydt)}
                    for X, y in wl.mlp_batches()]
@@ -93,25 +103,28 @@ def build_gradc(wl, cache_dirs):
     else:
         def step(k):
             return train(mod, **batches[k % nb])
+    if not parts:
+        return Runner("gradc", step, compile_s=cold, warm_s=warm, dtype=dtype)
     parts = {"step": lambda: step(0), "loss_and_grad": lambda: lg(p, **batches[0])}
     g0 = lg(p, **batches[0])[1]
     parts["opt.step"] = lambda: opt.step(g0)
     kernel = _raw_kernel(mod, p, batches[0])
     if kernel is not None:
         parts["C kernel"] = kernel
-    if (os.cpu_count() or 1) >= 2 and hasattr(mod, "set_threads"):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores >= 2 and hasattr(mod, "set_threads"):      # not when pinned to one core
         # the same step with the batch split over two threads (a second module object: its own setting)
         old = os.environ.get("GRADC_CACHE_DIR")
         os.environ["GRADC_CACHE_DIR"] = cache
         try:
-            mod2 = gradc.load(wl.model, dtype=wl.dtype)
+            mod2 = gradc.load(wl.model, dtype=dtype)
         finally:
             _restore_env("GRADC_CACHE_DIR", old)
         mod2.set_threads(2)
         p2 = p.copy()
         opt2 = optim.Adam(p2, lr=wl.lr) if wl.optimizer == "adam" else optim.SGD(p2, lr=wl.lr)
         parts["step, 2 threads"] = lambda: opt2.train_step(mod2, **batches[0])
-    return Runner("gradc", step, compile_s=cold, warm_s=warm, dtype=wl.dtype, parts=parts)
+    return Runner("gradc", step, compile_s=cold, warm_s=warm, dtype=dtype, parts=parts)
 
 
 def _raw_kernel(mod, p, batch):

@@ -1,4 +1,5 @@
-"""JAX jit: the whole training step (value_and_grad and the update) as one jitted function."""
+"""JAX jit: the whole training step (value_and_grad and the update) as one jitted function; W6's
+LeNet-5 with ``lax.conv_general_dilated`` and a ``lax.reduce_window`` max-pool."""
 import math
 import time
 
@@ -7,7 +8,7 @@ import numpy as np
 from ..timing import Runner, Skip
 
 
-def build_jax(wl):
+def build_jax(wl, dtype=None):
     try:
         import jax
         import jax.numpy as jnp
@@ -15,7 +16,7 @@ def build_jax(wl):
         raise Skip(f"JAX not importable ({e})")
     jax.config.update("jax_enable_x64", True)
     jax.config.update("jax_platforms", "cpu")
-    dt = np.dtype(wl.dtype)
+    dt = np.dtype(dtype or wl.dtype)
     init = wl.init
     tree_map = jax.tree_util.tree_map
 
@@ -30,6 +31,26 @@ def build_jax(wl):
             Pu, Qi = P[u], Q[i]
             r_hat = mu + bu[u] + bi[i] + jnp.sum(Pu * Qi, axis=1)
             return jnp.mean((r - r_hat) ** 2 + 1e-4 * (jnp.sum(Pu * Pu, axis=1) + jnp.sum(Qi * Qi, axis=1)))
+    elif wl.kind == "cnn":
+        from jax import lax
+        names = ("K1", "c1", "K2", "c2", "W3", "b3", "W4", "b4", "W5", "b5")
+        params = tuple(jnp.asarray(init[k], dt) for k in names)     # dense W as (fan_in, fan_out)
+        batches = [(jnp.asarray(X[:, None], dt), jnp.asarray(y, jnp.int32)) for X, y in wl.mlp_batches()]
+        neg_inf = np.array(-np.inf, dt)
+
+        def conv_relu_pool(h, K, c):
+            z = lax.conv_general_dilated(h, K, (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW"))
+            a = jax.nn.relu(z + c[None, :, None, None])
+            return lax.reduce_window(a, neg_inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+        def loss_fn(params, X, y):
+            K1, c1, K2, c2, W3, b3, W4, b4, W5, b5 = params
+            h = conv_relu_pool(conv_relu_pool(X, K1, c1), K2, c2)
+            h = h.reshape(h.shape[0], -1)                           # (channel, row, column) order
+            h = jax.nn.relu(h @ W3 + b3)
+            h = jax.nn.relu(h @ W4 + b4)
+            z = h @ W5 + b5
+            return jnp.mean(jax.nn.logsumexp(z, axis=1) - jnp.take_along_axis(z, y[:, None], axis=1)[:, 0])
     else:
         L = len(wl.layers)
         params = tuple((jnp.asarray(init[f"W{li}"], dt), jnp.asarray(init[f"b{li}"], dt)) for li in range(1, L + 1))
@@ -89,4 +110,6 @@ def build_jax(wl):
         out = fn(*args(k))
         state[:] = out[:ns]
         return out[ns]
-    return Runner("jax", step, value=float, sync=lambda a: a.block_until_ready(), compile_s=jit_s, dtype=wl.dtype)
+    return Runner("jax", step, value=float, sync=lambda a: a.block_until_ready(), compile_s=jit_s, dtype=dt.name,
+                  note="lax.conv_general_dilated (NCHW, OIHW) and a lax.reduce_window max-pool"
+                  if wl.kind == "cnn" else "")

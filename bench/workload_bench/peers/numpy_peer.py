@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 
+from ..lenet_numpy import lenet_trainer
 from ..timing import Runner
 
 
@@ -25,11 +26,13 @@ def _np_adam(lr, params, b1=0.9, b2=0.999, eps=1e-8):
     return update
 
 
-def build_numpy(wl):
-    dt = np.dtype(wl.dtype)
+def build_numpy(wl, dtype=None):
+    dt = np.dtype(dtype or wl.dtype)
     init = wl.init
     if wl.kind == "mf":
         return _numpy_mf(wl, dt)
+    if wl.kind == "cnn":
+        return _numpy_lenet(wl, dt)
     L = len(wl.layers)
     Ws = [init[f"W{li}"].astype(dt) for li in range(1, L + 1)]        # (fan_in, fan_out): x @ W + b
     bs = [init[f"b{li}"].astype(dt) for li in range(1, L + 1)]
@@ -84,6 +87,18 @@ def build_numpy(wl):
                 q -= lr * gq
         return loss
     return Runner("numpy", step, dtype=wl.dtype)
+
+
+def _numpy_lenet(wl, dt):
+    """W6: the LeNet-5 of ``lenet_numpy`` (convolutions as matrix products over the 5x5 windows)."""
+    _, train = lenet_trainer(wl.init, dt)
+    batches = [(np.ascontiguousarray(X, dt), np.asarray(y, np.int64)) for X, y in wl.mlp_batches()]
+    nb = len(batches)
+
+    def step(k):
+        return train(*batches[k % nb], wl.lr_at(k))
+    return Runner("numpy", step, dtype=dt.name, note="convolutions as one matrix product over the 5x5 windows "
+                                                     "(sliding_window_view), col2im by 25 shifted adds")
 
 
 def _numpy_mf(wl, dt):

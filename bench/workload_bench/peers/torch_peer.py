@@ -1,10 +1,15 @@
-"""PyTorch eager, on one thread; ``torch_mf`` and ``torch_mlp`` also serve bench/gpu_check.py."""
+"""PyTorch eager and torch.compile, on one thread; ``torch_mf`` and ``torch_mlp`` also serve
+bench/gpu_check.py."""
+import os
+import tempfile
+import time
+
 import numpy as np
 
 from ..timing import Runner, Skip
 
 
-def build_torch(wl):
+def _torch():
     try:
         import torch
     except ImportError as e:
@@ -14,6 +19,20 @@ def build_torch(wl):
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass                                  # already set in this process
+    return torch
+
+
+def build_torch(wl, dtype=None):
+    """PyTorch eager; ``dtype`` (W6 only, for its float64 reference check) overrides the workload's."""
+    torch = _torch()
+    if wl.kind == "cnn":
+        train, batches, _ = _lenet_train(wl, torch, dtype or wl.dtype)
+        nb = len(batches)
+
+        def step(k):
+            return train(*batches[k % nb])
+        return Runner("torch", step, value=lambda t: t.item(), dtype=dtype or wl.dtype,
+                      note="nn.Conv2d, nn.MaxPool2d, nn.Linear; F.cross_entropy; torch.optim.SGD")
     tdt = getattr(torch, wl.dtype)
     if wl.kind == "mf":
         params, loss_of, batches = torch_mf(wl, torch)
@@ -56,6 +75,74 @@ def build_torch(wl):
         opt.step()
         return loss
     return Runner("torch", step, value=lambda t: t.item(), dtype=wl.dtype)
+
+
+def build_torch_compile(wl, workdir=None):
+    """The eager step of ``build_torch`` (W6 only) under ``torch.compile`` (inductor): dynamo breaks the
+    graph at ``loss.backward()``, so the forward + loss (with its backward from AOTAutograd) and the
+    SGD update are compiled graphs. The compile happens in the first call, timed as the compile time;
+    with ``workdir``, inductor's on-disk caches go to a fresh folder in it, so that the compile is cold
+    (as gradc's, with its fresh ``GRADC_CACHE_DIR``)."""
+    torch = _torch()
+    if wl.kind != "cnn":
+        raise Skip("torch.compile runs W6 only")
+    if workdir is not None:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="torchinductor-", dir=workdir)
+    train, batches, reset = _lenet_train(wl, torch, wl.dtype)
+    train = torch.compile(train)
+    nb = len(batches)
+
+    def step(k):
+        return train(*batches[k % nb])
+    t0 = time.perf_counter()
+    step(0).item()
+    compile_s = time.perf_counter() - t0
+    reset()                                   # back to the shared init: the check starts from step 0
+    return Runner("torch_compile", step, value=lambda t: t.item(), compile_s=compile_s, dtype=wl.dtype,
+                  note=f"torch.compile (inductor, default mode) of the eager step; dynamo breaks the graph at "
+                       f"loss.backward(); compiled in a first call ({compile_s:.1f} s), then the parameters "
+                       f"reset to the shared init")
+
+
+def torch_lenet(wl, torch, dtype=None, device=None):
+    """W6's LeNet-5 as a ``torch.nn.Sequential`` from the shared initial parameters."""
+    nn, tdt = torch.nn, getattr(torch, dtype or wl.dtype)
+    init = wl.init
+    net = nn.Sequential(nn.Conv2d(1, 6, 5, dtype=tdt), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(6, 16, 5, dtype=tdt), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(256, 120, dtype=tdt), nn.ReLU(), nn.Linear(120, 84, dtype=tdt), nn.ReLU(),
+                        nn.Linear(84, 10, dtype=tdt))
+    with torch.no_grad():
+        for li, (w, b) in zip((0, 3, 7, 9, 11), (("K1", "c1"), ("K2", "c2"), ("W3", "b3"), ("W4", "b4"),
+                                                ("W5", "b5"))):
+            v = init[w]
+            net[li].weight.copy_(torch.from_numpy(np.ascontiguousarray(v.T if v.ndim == 2 else v)))
+            net[li].bias.copy_(torch.from_numpy(init[b]))
+    return net if device is None else net.to(device)
+
+
+def _lenet_train(wl, torch, dtype):
+    """(train, batches, reset): ``train(X, y)`` runs one SGD step of W6 and returns the loss; the
+    batches have the images as (B, 1, 28, 28); ``reset()`` puts the shared init back in place."""
+    tdt = getattr(torch, dtype)
+    net = torch_lenet(wl, torch, dtype)
+    init = [q.detach().clone() for q in net.parameters()]
+    opt = torch.optim.SGD(net.parameters(), lr=wl.lr)
+    batches = [(torch.tensor(X[:, None], dtype=tdt), torch.tensor(y, dtype=torch.int64)) for X, y in wl.mlp_batches()]
+    F = torch.nn.functional
+
+    def train(X, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(X), y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    def reset():
+        with torch.no_grad():
+            for q, v in zip(net.parameters(), init):
+                q.copy_(v)
+    return train, batches, reset
 
 
 def torch_mf(wl, torch, device=None):
