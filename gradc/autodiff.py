@@ -73,12 +73,14 @@ def _relu_first(e):
     if 0 in args:
         args.remove(0)
         args.insert(0, sp.S.Zero)
+    # nested two at a time, Max(a, b, c) = a if a >= Max(b, c) else Max(b, c): the derivative of
+    # argument k is then k comparisons with the max of the arguments after it (a 2x2 max-pool's
+    # backward pass: 3 tests, not the 30-term conjunctions sympy makes of the flat form)
     better = (lambda a, b: a >= b) if isinstance(e, sp.Max) else (lambda a, b: a <= b)
-    pieces = []
-    for k, a in enumerate(args[:-1]):
-        pieces.append((a, sp.And(*[better(a, b) for b in args[k + 1:]])))
-    pieces.append((args[-1], True))
-    return sp.Piecewise(*pieces, evaluate=False)
+    if len(args) > 2:
+        rest = type(e)(*args[1:], evaluate=False)
+        return sp.Piecewise((args[0], better(args[0], rest)), (_relu_first(rest), True), evaluate=False)
+    return sp.Piecewise((args[0], better(args[0], args[1])), (args[1], True), evaluate=False)
 
 
 def local_derivatives(body, wrt):

@@ -147,8 +147,9 @@ def gpu_identity():
 
 def c_identity():
     """The C target's part of the cache key: (label, the compiler and its flags)."""
+    from .isa import host
     _, cc_id = compiler()
-    return "c", cc_id + " " + " ".join(flags(cc_id))
+    return "c", cc_id + " " + " ".join(flags(cc_id)) + " isa " + host().name    # the tiles are sized for it
 
 
 def cuda_identity():

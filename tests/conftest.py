@@ -12,6 +12,10 @@ EXAMPLES = os.path.join(ROOT, "examples")
 
 
 def pytest_configure(config):
+    # the register tiles are sized for one vector unit whatever the machine (gradc.isa), so the
+    # README's generated numbers (lines of C, footprints, seeded accuracies) are the same on every
+    # machine kind; tests/test_isa.py checks the detection and other tile sizes
+    os.environ.setdefault("GRADC_ISA", "avx2")
     # one cache per test session: no test depends on (or pollutes) the user's cache
     if "GRADC_CACHE_DIR" not in os.environ or os.environ.get("GRADC_TEST_KEEP_CACHE") != "1":
         d = tempfile.mkdtemp(prefix="gradc-test-cache-")

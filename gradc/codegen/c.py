@@ -28,11 +28,12 @@ from .._version import __version__
 from ..autodiff import adjoint_symbol
 from ..functions import PRIMITIVE_OF, PRIMITIVES
 from ..ir import INT, reads, unflat
+from ..isa import host as host_isa
 from ..simplify import cse_block, live_stages
 from . import kir
 from . import per_lane
-from .kir import (Acc, Accumulate, Assign, Decl, Expr, LaneLoop, LaneReduction, LaneSum, MaxInto, Nest,
-                  RankOneUpdate, Range, SampleLoop, Var, lit)
+from .kir import (Acc, Accumulate, Assign, Decl, Expr, LaneLoop, LaneReduction, LaneSum, LaneTile, MaxInto,
+                  Nest, RankOneUpdate, Range, SampleLoop, Var, lit)
 from .names import Namer, ident
 
 DTYPES = {"float64": "double", "float32": "float"}
@@ -301,8 +302,9 @@ class Builder:
     an innermost loop over the block's samples that the C compiler vectorizes; parameter
     gradients are sums over that loop."""
 
-    def __init__(self, prog, grad, dtype, inference_only=False):
+    def __init__(self, prog, grad, dtype, inference_only=False, isa=None):
         self.prog, self.grad, self.dtype = prog, grad, dtype
+        self.isa = isa or host_isa()
         self.inference_only = inference_only
         self.real_t = DTYPES[dtype]
         names = Namer()
@@ -436,38 +438,61 @@ class Builder:
         return Nest(comment, loops, pre, inner, tuple(body), (Assign(target, lit("acc")),))
 
     def _lane_reduction(self, st, t, pr, names, fix, comment):
-        """A per-sample reduction, vectorized along the block's samples with the reduction loops
-        inside (outer-loop vectorization): each sample's accumulators stay in registers for the
-        whole reduction. With U > 1 the first output loop is unrolled U times and jammed: U
-        accumulators share each load of the reduced operand (a register-blocked dot product)."""
-        U = _unroll(t.shape[0], 8) if st.idx else 1
+        """A per-sample reduction over a block of samples. With U > 1 the first output loop is
+        unrolled U times and jammed: U accumulators share each load of the reduced operand (a
+        register-blocked dot product, U sized for the vector registers: ``Builder.unroll``).
+        Rendered as a register tile (``LaneTile``: the reduction loops outside, the lanes inside)
+        unless some per-sample value is computed before the reduction; then as a ``LaneReduction``."""
+        U = self.unroll(t.shape[0]) if st.idx else 1
         i0 = st.idx[0] if st.idx else None
         once = i0 is not None and t.shape[0] == U      # the unrolled loop runs once: no loop
         init = lit("0") if st.op == "sum" else self._max_init()
-        accs, pre_t, body, post = [], [], [], []
         red_vars = [k for k, _ in st.red]
+        parts = []
         for u in range(U):
             sub = dict(fix)
             if i0 is not None:
                 sub[i0] = sp.Integer(u) if once else i0 + u
             temps, (val,) = cse_block([st.body.xreplace(sub)])
             outer, inner_t = self._temps(pr, names, temps, red_vars)
-            a = f"acc{u}"
-            accs.append(Acc(a, init.text))
-            pre_t += outer
-            if st.op == "sum":
-                body += inner_t + [Accumulate(lit(a), pr.expr(val))]
-            else:
-                body += inner_t + [Decl(f"v{u}", pr.expr(val)), MaxInto(a, lit(f"v{u}"))]
             idx = tuple(sp.sympify(i).xreplace(sub) for i in st.idx)
-            post.append(Assign(pr.ref(st.name, idx), lit(a)))
+            parts.append((outer, inner_t, pr.expr(val), lambda a, idx=idx: Assign(pr.ref(st.name, idx), lit(a))))
         loops = [Range(names[k], n) for k, n in zip(st.idx, t.shape) if k not in sub]
         if i0 is not None and not once and i0 not in fix:
             loops = [Range(names[i0], t.shape[0], U)] + loops
         inner = tuple(Range(names[k], n) for k, n in st.red if k not in fix)
         how = f"; {U} outputs at a time" if U > 1 else ""
-        return Nest(comment + how, tuple(loops),
-                    body=(LaneReduction(tuple(accs), tuple(pre_t), inner, tuple(body), tuple(post)),))
+        return Nest(comment + how, tuple(loops), body=(self._reduce(parts, init, st.op, inner),))
+
+    def _reduce(self, parts, init, op, inner):
+        """The statement of a register-blocked reduction: ``parts`` are, per accumulator, (temps
+        computed before the reduction, temps inside it, the value reduced, a function from the
+        accumulator's C reference to the statement that stores it, or the element its sum over
+        the lanes is added to)."""
+        tile = inner and not any(outer for outer, _, _, _ in parts)
+        accs, pre_t, body, post, totals = [], [], [], [], []
+        for u, (outer, inner_t, val, store) in enumerate(parts):
+            a = f"acc{u}"
+            ref = f"{a}[b]" if tile else a
+            accs.append(Acc(a, init.text))
+            pre_t += outer
+            if op == "sum":
+                body += inner_t + [Accumulate(lit(ref), val)]
+            else:
+                body += inner_t + [Decl(f"v{u}", val), MaxInto(ref, lit(f"v{u}"))]
+            if callable(store):
+                post.append(store(ref))
+            else:
+                totals.append(store)
+        assert tile or not totals, "a sum over the lanes needs a tile"
+        if tile:
+            return LaneTile(tuple(accs), inner, tuple(body), tuple(post), tuple(totals))
+        return LaneReduction(tuple(accs), tuple(pre_t), inner, tuple(body), tuple(post))
+
+    def unroll(self, extent):
+        """How many outputs of a per-sample reduction one pass computes (a divisor of ``extent``:
+        8, 4 or 2), as many as the vector registers hold (``gradc.isa``)."""
+        return _unroll(extent, min(8, self.isa.tile_budget(LANES, 4 if self.dtype == "float32" else 8)))
 
     def outer_updates(self, adj):
         """The updates of a per-sample dense layer's adjoint that are outer products,
@@ -511,7 +536,7 @@ class Builder:
                 loops.append(Range(names[k], n, U if (U > 1 and k == i0) else 1))
         inner = tuple(Range(names[k], n) for k, n in ([] if st.elements is not None else st.red) if k not in fix)
         outer_ups = self.outer_updates(adj)
-        gathered = self.gathered_updates(adj)
+        gathered = self.gathered_updates(adj, {id(u) for u, _, _ in outer_ups})
         skip = {id(u) for u, _, _ in outer_ups} | {id(u) for u in gathered}
 
         def shift(j):
@@ -563,21 +588,41 @@ class Builder:
                               body=(SampleLoop(loops + inner, temps + tuple(scatters)),)))
         return nests
 
-    def gathered_updates(self, adj):
-        """Updates of a per-sample adjoint, inside a per-sample reduction's nest, whose target is
-        indexed by some of the loop variables and summed over the others (the input gradient of a
-        dense layer, dx[k] += dz[i] * W[i, k]): these run with the target's variables outside and
-        the sum inside, in registers, instead of a read-modify-write of the target per term."""
+    def gathered_updates(self, adj, taken=frozenset()):
+        """Updates of a per-sample stage's adjoint whose target is indexed by some of the nest's
+        loop variables and summed over the others: these run with the target's variables outside
+        and the sum inside, in vector registers (a register tile), instead of a read-modify-write
+        of the target per term (per-sample targets) or a sum over the lanes per term (parameters).
+
+        - a per-sample target indexed by affine expressions of the loop variables: the input
+          gradient of a dense layer, dx[k] += dz[i] * W[i, k], summed over i; of a convolution,
+          dx[c, i + k, j + l] += dz[o, i, j] * K[o, c, k, l], summed over o;
+        - a parameter's (or a once-per-batch tensor's) gradient indexed by distinct loop variables:
+          a convolution's kernel, dK[o, c, k, l] += dz[o, i, j] * x[c, i + k, j + l], summed over
+          i, j and the block's samples; a bias broadcast over positions, db[o] += dz[o, i, j].
+
+        ``taken``: ids of updates already rendered otherwise (rank-1 updates)."""
         st = adj.stage
-        if st.scope != "sample" or not st.red or st.elements is not None:
+        if st.scope != "sample" or st.elements is not None:
             return []
         loop_syms = list(st.idx) + [k for k, _ in st.red]
         out = []
         for u in adj.updates:
+            if id(u) in taken:
+                continue
             comps = [sp.sympify(c) for c in u.idx]
-            if self.blocked(u.tensor) and comps and all(c in loop_syms for c in comps) \
-                    and len(set(comps)) == len(comps) < len(loop_syms):
-                out.append(u)
+            used = set().union(*(c.free_symbols for c in comps)) if comps else set()
+            if not comps or not used <= set(loop_syms) or len(used) == len(loop_syms) \
+                    or any(reads(c, self.prog.tensors) for c in comps):
+                continue
+            if self.blocked(u.tensor):
+                if st.red and all(c.is_polynomial(*used) and sp.Poly(c, *used).total_degree() <= 1
+                                  for c in comps if c.free_symbols):
+                    out.append(u)
+            else:
+                plain = [c for c in comps if c.free_symbols]       # and constants
+                if all(c in loop_syms for c in plain) and len(set(plain)) == len(plain):
+                    out.append(u)
         return out
 
     def _gather_nest(self, st, t, u, pr, names):
@@ -586,28 +631,31 @@ class Builder:
         loop_syms = list(st.idx) + [k for k, _ in st.red]
         fix = _fixed(ext.items())
         comps = [sp.sympify(c) for c in u.idx]
-        own = [v for v in loop_syms if v in comps]
-        rest = [v for v in loop_syms if v not in comps]
-        U = _unroll(ext[own[0]], 8)
-        once = ext[own[0]] == U
+        used = set().union(*(c.free_symbols for c in comps))
+        own = [v for v in loop_syms if v in used]
+        rest = [v for v in loop_syms if v not in used]
+        # the output loop unrolled into the tile: the one with the most outputs at a time
+        v0 = max(own, key=lambda v: (self.unroll(ext[v]), -own.index(v)))
+        U = self.unroll(ext[v0])
+        once = ext[v0] == U
         target = adjoint_symbol(u.tensor).name
-        accs, pre_t, body, post = [], [], [], []
+        total = not self.blocked(u.tensor)          # summed over the lanes too, after the tile
+        parts = []
         for j in range(U):
             sub = dict(fix)
-            sub[own[0]] = sp.Integer(j) if once else own[0] + j
+            sub[v0] = sp.Integer(j) if once else v0 + j
             temps, (val,) = cse_block([u.expr.xreplace(sub)])
             outer, inner_t = self._temps(pr, names, temps, rest)
-            a = f"acc{j}"
-            accs.append(Acc(a, "0"))
-            pre_t += outer
-            body += inner_t + [Accumulate(lit(a), pr.expr(val))]
-            post.append(Accumulate(pr.ref(target, tuple(c.xreplace(sub) for c in comps)), lit(a)))
-        loops = ([] if once else [Range(names[own[0]], ext[own[0]], U)]) + \
-            [Range(names[v], ext[v]) for v in own[1:] if v not in fix]
+            if total:               # a total needs every lane's terms inside the tile
+                outer, inner_t = [], outer + inner_t
+            tgt = pr.ref(target, tuple(c.xreplace(sub) for c in comps))
+            parts.append((outer, inner_t, pr.expr(val), tgt if total else (lambda a, tgt=tgt: Accumulate(tgt, lit(a)))))
+        loops = ([] if once else [Range(names[v0], ext[v0], U)]) + \
+            [Range(names[v], ext[v]) for v in own if v != v0 and v not in fix]
         inner = tuple(Range(names[v], ext[v]) for v in rest if v not in fix)
         what = f"backward into {self.c[u.tensor]}, summed in registers" + (f", {U} at a time" if U > 1 else "")
         return Nest(stage_comment(st, self.c, names, what), tuple(loops),
-                    body=(LaneReduction(tuple(accs), tuple(pre_t), inner, tuple(body), tuple(post)),))
+                    body=(self._reduce(parts, lit("0"), "sum", inner),))
 
     def _outer_nest(self, st, t, u, coef, r):
         """dP[i, k] += coef * dT[i] * R[k] summed over the block: for each sample, U rows of dP
@@ -745,15 +793,16 @@ def _function(B, key, segs, uses, own, extra, backward, outputs=()):
                 seg_params=any(s["uses_params"] for s in used))
 
 
-def render(prog, grad, dtype="float64", inference_only=False):
+def render(prog, grad, dtype="float64", inference_only=False, isa=None):
     """Render ``prog`` (with its ``grad``) as C source, header and cffi cdef.
 
     ``inference_only`` renders ``forward`` alone (``grad`` may then be None), with a
-    workspace holding just what the outputs need.
+    workspace holding just what the outputs need. ``isa`` (a ``gradc.isa.ISA``; default: this
+    machine's) sizes the register tiles; the source is portable C99 whatever it is.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be float32 or float64, not {dtype!r}")
-    B = Builder(prog, grad, dtype, inference_only)
+    B = Builder(prog, grad, dtype, inference_only, isa)
     M = B.model
     outputs = [dict(name=B.c[o], size=prog.tensors[o].size, shape=list(prog.tensors[o].shape),
                     value="V_" + B.c[o], blocked=B.blocked(o)) for o in prog.outputs]
@@ -842,8 +891,9 @@ def pr_number(x, dtype):
 
 
 def _unroll(extent, most=4):
-    """How many outputs of a per-sample reduction to compute at once (at most ``most``)."""
-    for u in (8, 4, 2):
+    """How many outputs of a per-sample reduction to compute at once: the largest divisor of
+    ``extent`` up to ``most`` (and 8)."""
+    for u in (8, 7, 6, 5, 4, 3, 2):
         if u <= most and extent % u == 0:
             return u
     return 1

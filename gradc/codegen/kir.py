@@ -177,6 +177,23 @@ class LaneReduction(Node):
 
 
 @dataclass(frozen=True)
+class LaneTile(Node):
+    """A register tile of a contraction (a micro-kernel): ``accs`` are GC_L-wide arrays, one per
+    output of the tile, zeroed (or set to their ``init``) before the ``ranges`` loops of the
+    reduction; inside them a lane loop runs ``body``, which updates ``acc[b]``, so each step loads
+    a lane vector of the shared operand once for every output and the accumulators stay in vector
+    registers across the whole reduction (the reduction is outside the lanes: no compiler has to
+    vectorize an outer loop). ``post`` runs in a lane loop after the reduction and stores them;
+    then each ``totals[j]`` (when given) receives the sum of accumulator j over the lanes."""
+    kind: ClassVar[str] = "lane_tile"
+    accs: tuple
+    ranges: tuple
+    body: tuple
+    post: tuple
+    totals: tuple = ()
+
+
+@dataclass(frozen=True)
 class LaneSum(Node):
     """Sums over the block's samples into fixed elements: registers ``regs`` start at 0, the lane
     loop runs ``body`` (which adds into them), then each ``targets[j] += regs[j]``."""

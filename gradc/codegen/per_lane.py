@@ -52,6 +52,9 @@ def _node(n):
             else:
                 body.append(_node(s))
         return kir.LaneLoop(tuple(body))
+    if isinstance(n, kir.LaneTile) and n.totals:
+        post = n.post + tuple(kir.Accumulate(_lanes_ref(t), kir.lit(f"{a.name}[b]")) for a, t in zip(n.accs, n.totals))
+        return replace(n, post=post, totals=())
     if isinstance(n, kir.RankOneUpdate):
         if not n.grad.startswith("G_"):
             raise _Unsupported(n.grad)
