@@ -51,7 +51,7 @@ class Source:
 class Printer(C99CodePrinter):
     """C99 printer that knows where each tensor lives, and records what it prints.
 
-    ``where[name]`` is (pointer, shape, dtype, blocked); loop variables and temporaries print under
+    ``where[name]`` is (pointer, shape, dtype, blocked, padded stride); loop variables and temporaries print under
     the names in ``names``. ``expr(e)`` returns the text with the arrays it reads (``kir.Expr``);
     the primitives' helper functions it prints are added to ``helpers``.
     """
@@ -79,15 +79,23 @@ class Printer(C99CodePrinter):
         return Expr(text, self.touched, self.where[name][0])
 
     def flat(self, name, idx):
-        ptr, shape, _, blocked = self.where[name]
+        ptr, shape, _, blocked, lead = self.where[name]
         self.touched.add(ptr)
-        expr = ""
-        for d, e in enumerate(idx):
-            term = self.index(sp.sympify(e))
-            expr = term if d == 0 or expr == "0" else f"({expr})*{shape[d]} + {term}"
+        terms = [self.index(sp.sympify(e)) for e in idx]
+        if lead and len(terms) > 1:     # padded planes: the first index strides over a plane and its pad
+            expr = f"({terms[0]})*{lead} + {self._row_major(terms[1:], shape[1:])}"
+        else:
+            expr = self._row_major(terms, shape)
         if blocked:        # a block of samples, the sample innermost
             return f"{ptr}[b]" if not shape else f"{ptr}[({expr})*GC_L + b]"
         return f"{ptr}[0]" if not shape else f"{ptr}[{expr}]"
+
+    @staticmethod
+    def _row_major(terms, shape):
+        expr = ""
+        for d, term in enumerate(terms):
+            expr = term if d == 0 or expr == "0" else f"({expr})*{shape[d]} + {term}"
+        return expr
 
     def index(self, e):
         if e.is_Integer:
@@ -312,12 +320,41 @@ class Builder:
         self.rt = self.model + "_real"
         self.c = {t.name: names(t.name) for t in prog.tensors.values()}
         self.helpers = set()
+        self._lead = self._padded_planes()
         self.layout = self._layout()
         self._where = self._where_map()
 
     # ---- memory --------------------------------------------------------
+    pad_planes = True       # the C target pads; CUDA's layout has no lanes to pad
+
+    def _padded_planes(self):
+        """{tensor: the stride of its first index, in elements} for the per-sample tensors whose
+        planes (the elements under one value of the first index) would start a multiple of 1 KiB
+        apart: those get one element more per plane. Without it a reduction over the first index
+        (a convolution's output channels, in its input and kernel gradients) reads lines that all
+        fall in the same few sets of a set-associative L1 cache and evict one another: a
+        (16, 8, 8) map of float32 in blocks of 16 lanes has planes 4 KiB apart.
+
+        Tensors read as flat runs stay dense: outputs (copied out), and what rank-1 updates read."""
+        if not self.pad_planes:
+            return {}
+        flat = set(self.prog.outputs)
+        if self.grad is not None and not self.inference_only:
+            flat |= {r for a in self.grad.adjoints for _, _, r in self.outer_updates(a)}
+        lane_bytes = LANES * (4 if self.dtype == "float32" else 8)
+        out = {}
+        for t in self.prog.tensors.values():
+            if t.kind != "stage" or t.scope != "sample" or len(t.shape) < 2 or t.name in flat:
+                continue
+            plane = t.size // t.shape[0]
+            if plane * lane_bytes % 1024 == 0:
+                out[t.name] = plane + 1
+        return out
+
     def _size(self, name):
         t = self.prog.tensors[name]
+        if name in self._lead:
+            return _Off(0, t.shape[0] * self._lead[name])
         return _Off(t.size) if t.scope == "batch" else _Off(0, t.size)
 
     def _layout(self):
@@ -369,17 +406,18 @@ class Builder:
         return t.kind in ("input", "target") or t.scope == "sample"
 
     def _where_map(self):
-        """Where every tensor and adjoint lives inside a function body: (pointer, shape, dtype, blocked)."""
+        """Where every tensor and adjoint lives inside a function body: (pointer, shape, dtype,
+        blocked, the stride of the first index when its planes are padded, else None)."""
         prog, L = self.prog, self.layout
         w = {}
         for t in prog.tensors.values():
             pre = {"param": "P_", "input": "X_", "target": "Y_", "stage": "V_"}[t.kind]
-            w[t.name] = (pre + self.c[t.name], t.shape, t.dtype, self.blocked(t.name))
+            w[t.name] = (pre + self.c[t.name], t.shape, t.dtype, self.blocked(t.name), self._lead.get(t.name))
         for t in prog.params:
-            w[adjoint_symbol(t.name).name] = ("G_" + self.c[t.name], t.shape, t.dtype, False)
+            w[adjoint_symbol(t.name).name] = ("G_" + self.c[t.name], t.shape, t.dtype, False, None)
         for n in list(L["sample_adj"]) + list(L["batch_adj"]):
             t = prog.tensors[n]
-            w[adjoint_symbol(n).name] = ("D_" + self.c[n], t.shape, t.dtype, self.blocked(n))
+            w[adjoint_symbol(n).name] = ("D_" + self.c[n], t.shape, t.dtype, self.blocked(n), self._lead.get(n))
         return w
 
     def where(self):
@@ -395,11 +433,12 @@ class Builder:
         inner, outer, varying = [], [], set(red_vars)
         for sym, e in temps:
             names[sym] = f"c{len(names)}" if sym not in names else names[sym]
+            d = Decl(names[sym], printer.expr(e), "int" if isinstance(e, sp.logic.boolalg.Boolean) else "")
             if e.free_symbols & varying:
                 varying.add(sym)
-                inner.append(Decl(names[sym], printer.expr(e)))
+                inner.append(d)
             else:
-                outer.append(Decl(names[sym], printer.expr(e)))
+                outer.append(d)
         return outer, inner
 
     def _max_init(self):
@@ -496,23 +535,27 @@ class Builder:
 
     def outer_updates(self, adj):
         """The updates of a per-sample dense layer's adjoint that are outer products,
-        dP[i, k] += c * dT[i] * R[k] (T[i] = sum_k P[i, k] * R[k]): these run as
+        dP[i, k] += c * dT[i] * R[k] (T[i] = sum_k P[i, k] * R[k]; k may be several indices that
+        run over all of R in order, T[i] = sum_{c,y,x} P[i, c, y, x] * R[c, y, x]): these run as
         rank-1 updates over the block, vectorized along k, instead of per-element lane sums."""
         st = adj.stage
-        if st.scope != "sample" or st.elements is not None or len(st.idx) != 1 or len(st.red) != 1:
+        if st.scope != "sample" or st.elements is not None or len(st.idx) != 1 or not st.red:
             return []
-        (i,), (k, _) = st.idx, st.red[0]
+        (i,), ks = st.idx, tuple(k for k, _ in st.red)
+        ext = tuple(n for _, n in st.red)
         out = []
         for u in adj.updates:
-            if self.blocked(u.tensor) or tuple(u.idx) != (i, k):
+            if self.blocked(u.tensor) or tuple(u.idx) != (i,) + ks:
                 continue
             coef, rest = u.expr.as_coeff_Mul()
             fs = rest.args if isinstance(rest, sp.Mul) else ()
             if len(fs) != 2 or not all(isinstance(f, sp.Indexed) for f in fs):
                 continue
+            # R read whole, in order (R[k] of a dense layer; R[c, y, x] flattened, of a dense layer
+            # over a feature map): the rows of dP are contiguous runs of R's elements
             d = [f for f in fs if f.base.label.name == adjoint_symbol(st.name).name and tuple(f.indices) == (i,)]
-            r = [f for f in fs if f.base.label.name in self.prog.tensors and tuple(f.indices) == (k,)
-                 and self.blocked(f.base.label.name)]
+            r = [f for f in fs if f.base.label.name in self.prog.tensors and tuple(f.indices) == ks
+                 and self.blocked(f.base.label.name) and self.prog.tensors[f.base.label.name].shape == ext]
             if len(d) == 1 and len(r) == 1:
                 out.append((u, coef, r[0].base.label.name))
         return out
@@ -634,8 +677,9 @@ class Builder:
         used = set().union(*(c.free_symbols for c in comps))
         own = [v for v in loop_syms if v in used]
         rest = [v for v in loop_syms if v not in used]
-        # the output loop unrolled into the tile: the one with the most outputs at a time
-        v0 = max(own, key=lambda v: (self.unroll(ext[v]), -own.index(v)))
+        # the output loop unrolled into the tile: the one whose tile reads the fewest lane vectors
+        # (they should stay in L1 from tile to tile), then the one with the most outputs at a time
+        v0 = min(own, key=lambda v: (self._footprint(u.expr, rest, v, ext), -self.unroll(ext[v]), own.index(v)))
         U = self.unroll(ext[v0])
         once = ext[v0] == U
         target = adjoint_symbol(u.tensor).name
@@ -656,6 +700,25 @@ class Builder:
         what = f"backward into {self.c[u.tensor]}, summed in registers" + (f", {U} at a time" if U > 1 else "")
         return Nest(stage_comment(st, self.c, names, what), tuple(loops),
                     body=(self._reduce(parts, lit("0"), "sum", inner),))
+
+    def _footprint(self, e, rest, v0, ext):
+        """How many lane vectors of per-sample tensors one tile of ``e`` reads, with the loops
+        ``rest`` summed inside and ``v0`` unrolled: per read, the product over its indices of the
+        span of values they take (an index i + k spans ext(i) + ext(k) - 1 values)."""
+        span = dict((v, ext[v]) for v in rest)
+        span[v0] = self.unroll(ext[v0])
+        total = 0
+        for a in e.atoms(sp.Indexed):
+            name = a.base.label.name
+            name = name[1:] if name.startswith("\u2202") else name
+            if name not in self.prog.tensors or not self.blocked(name):
+                continue
+            n = 1
+            for c in a.indices:
+                c = sp.sympify(c)
+                n *= 1 + sum(_slope(c, v) * (span[v] - 1) for v in c.free_symbols if v in span)
+            total += n
+        return total
 
     def _outer_nest(self, st, t, u, coef, r):
         """dP[i, k] += coef * dT[i] * R[k] summed over the block: for each sample, U rows of dP
@@ -888,6 +951,12 @@ def render(prog, grad, dtype="float64", inference_only=False, isa=None):
 def pr_number(x, dtype):
     """A numeric coefficient as a C literal of the model's type."""
     return Printer(dtype, {}, {}, DTYPES[dtype]).doprint(sp.sympify(x))
+
+
+def _slope(c, v):
+    """|dc/dv| for an affine index c; 1 when it is not a number (a gather's span is not known)."""
+    k = c.coeff(v)
+    return abs(int(k)) if k.is_Integer else 1
 
 
 def _unroll(extent, most=4):

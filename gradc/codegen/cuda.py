@@ -52,6 +52,7 @@ class Kernel:
 
 class _CudaBuilder(Builder):
     """Plans the kernels of one function."""
+    pad_planes = False      # a thread per sample and element: no planes of lanes to pad
 
     def __init__(self, prog, grad, dtype):
         super().__init__(prog, grad, dtype)
@@ -172,7 +173,8 @@ class _CudaBuilder(Builder):
         temps, vals = cse_block([u.expr for u in ups])
         for sym, _ in temps:
             names.setdefault(sym, f"c{len(names)}")
-        decls = [Decl(names[sym], pr.expr(e)) for sym, e in temps]
+        decls = [Decl(names[sym], pr.expr(e), "int" if isinstance(e, sp.logic.boolalg.Boolean) else "")
+                 for sym, e in temps]
         adds = [Accumulate(pr.ref(adj, u.idx), pr.expr(v)) for u, v in zip(ups, vals)]
         label = stage_comment(st, self.c, {k: names[k] for k in loop_syms if k in names},
                               f"backward into {self.c.get(tensor, tensor)}")

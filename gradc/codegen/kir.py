@@ -94,10 +94,12 @@ def arrays(nodes):
 # ---- scalar statements ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Decl(Node):
-    """``const real name = value;`` (a common subexpression)."""
+    """``const real name = value;`` (a common subexpression); ``ctype`` "int" for a truth value
+    (a comparison kept as a real would stop the C compiler from vectorizing its loop)."""
     kind: ClassVar[str] = "decl"
     name: str
     value: Expr
+    ctype: str = ""
 
 
 @dataclass(frozen=True)
