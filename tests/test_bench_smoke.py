@@ -154,3 +154,30 @@ def test_workloads_bench_runs_w6_on_generated_data_with_its_float64_reference(tm
     assert "Float64 trajectory against the reference" in p.stdout
     if hasattr(os, "sched_setaffinity"):
         assert data["meta"]["pinned"].startswith("pinned to core")
+
+
+def test_scaling_bench_quick_runs_two_tiny_points_with_numpy(tmp_path):
+    """bench/scaling.py --quick on two tiny MLP points (width 16 at batches 128 and 4, input 32), numpy
+    the only peer, no LeNet, timed by CPU time: it writes scaling.md and scaling.json with both points
+    timed and checked."""
+    import json
+    out = tmp_path / "results"
+    p = subprocess.run([sys.executable, os.path.join(BENCH, "scaling.py"), "--quick", "--peers", "numpy",
+                        "--input", "32", "--widths", "16", "--batches", "4", "--batch-width", "16",
+                        "--lenet-batches", "none", "--clock", "cpu", "--no-plot", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    md = (out / "scaling.md").read_text()
+    assert "## MLP 32-W-10, batch 128, against the width W" in md and "## MLP 32-16-10, against the batch B" in md
+    assert "SGEMM" in md and "LeNet" not in md.split("## Notes")[0]
+    data = json.loads((out / "scaling.json").read_text())
+    pts = {(r["width"], r["batch"]): r for r in data["results"]}
+    assert set(pts) == {(16, 128), (16, 4)}
+    for (w, b), r in pts.items():
+        assert set(r["frameworks"]) == {"gradc", "numpy"}, r
+        assert r["check"]["numpy"]["ok"], r["check"]
+        assert r["flops"] == 2 * b * (32 * 16 * 2 + 16 * 10 * 3) + 2 * (32 * 16 + 16 + 16 * 10 + 10)
+        for f in r["frameworks"].values():
+            assert f["median_us"] > 0 and f["gflops"] > 0 and f["steps"] >= 3
+    assert data["meta"]["sgemm"] > 0 and data["meta"]["commit"] and data["meta"]["clock"] == "cpu"
+    assert "timed by CPU time of the process" in md

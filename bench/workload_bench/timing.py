@@ -36,9 +36,10 @@ class Runner:
     k: int = 0                      # the next step index
     parts: dict = None              # gradc: the pieces of a step, timed apart
 
-    def run(self, n, times=None):
+    def run(self, n, times=None, clock=time.perf_counter_ns):
+        """Runs ``n`` steps; with ``times``, appends each step's µs by ``clock`` (an ns counter: wall time
+        by default, ``time.process_time_ns`` for the CPU time of the whole process)."""
         step, sync = self.step, self.sync
-        clock = time.perf_counter_ns
         last = None
         for _ in range(n):
             k = self.k
@@ -53,16 +54,17 @@ class Runner:
         return last
 
 
-def gemm_rate(dtype, n=1024, reps=7):
-    """Single-thread GEMM rate (GFLOP/s, median of ``reps``) of numpy's BLAS."""
+def gemm_rate(dtype, n=1024, reps=7, clock=time.perf_counter):
+    """Single-thread GEMM rate (GFLOP/s, median of ``reps``) of numpy's BLAS; ``clock`` in seconds
+    (``time.process_time`` for CPU time)."""
     rng = np.random.default_rng(0)
     a, b = rng.random((n, n)).astype(dtype), rng.random((n, n)).astype(dtype)
     c = a @ b
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         np.matmul(a, b, out=c)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
@@ -119,8 +121,9 @@ def pin_to_one_core():
     return core
 
 
-def time_steps(runners, counts, rounds, seed):
-    """Per-step times (µs) of each runner; the runners take turns in blocks, in a shuffled order per round."""
+def time_steps(runners, counts, rounds, seed, clock=time.perf_counter_ns):
+    """Per-step times (µs, by ``clock`` as in ``Runner.run``) of each runner; the runners take turns in
+    blocks, in a shuffled order per round."""
     times = {r.name: [] for r in runners}
     order = list(runners)
     rng = random.Random(seed)
@@ -136,7 +139,7 @@ def time_steps(runners, counts, rounds, seed):
                 gc.collect()
                 if r.name != "micrograd":          # micrograd's graphs are cycles: let the collector run
                     gc.disable()
-                r.run(n, times[r.name])
+                r.run(n, times[r.name], clock)
                 gc.enable()
     finally:
         if gc_was:

@@ -55,15 +55,18 @@ def _param(wl, name, v):
     return v.T if wl.kind in ("mlp", "cnn") and v.ndim == 2 else v
 
 
-def build_gradc(wl, cache_dirs, dtype=None, parts=True):
+def build_gradc(wl, cache_dirs, dtype=None, parts=True, cache=None):
     """gradc's runner; ``dtype`` (default the workload's) and ``parts=False`` serve the float64
-    reference check, which needs the step only."""
+    reference check, which needs the step only. ``cache``: a ``GRADC_CACHE_DIR`` to use (and keep)
+    instead of a fresh one, so that several runners of one model file share a compile
+    (bench/scaling.py's batch sweeps); then ``compile_s`` is cold only for the first."""
     import gradc
     from gradc import optim
     _preimport_gradc()
     dtype = dtype or wl.dtype
-    cache = tempfile.mkdtemp(prefix=f"gradc-bench-{wl.id}-")
-    cache_dirs.append(cache)
+    if cache is None:
+        cache = tempfile.mkdtemp(prefix=f"gradc-bench-{wl.id}-")
+        cache_dirs.append(cache)
     old = os.environ.get("GRADC_CACHE_DIR")
     os.environ["GRADC_CACHE_DIR"] = cache
     try:
