@@ -201,3 +201,44 @@ def test_fused_steps_refuse_bad_arguments_and_leave_params_unchanged(write_model
     # and a wrong index raises from the unfused fast path too, naming the argument
     with pytest.raises(ValueError, match=r"'u': sample 33"):
         mod.loss_and_grad(p, **bad)
+
+
+@pytest.mark.parametrize("bad", ["0.1", True, float("nan"), float("inf"), -0.1, None, np.array([0.1, 0.1])],
+                         ids=["str", "bool", "nan", "inf", "negative", "none", "array"])
+def test_a_bad_learning_rate_in_opt_lr_is_refused_by_name_by_train_step(write_model, bad):
+    """A rate written into ``opt.lr`` (by hand or by a scheduler) that is not a finite real number
+    >= 0 is refused as ``opt.step`` refuses it, naming it, on the fused path too; nothing moves."""
+    mod = gradc.load(write_model(MLP))
+    rng = np.random.default_rng(4)
+    b = _mlp_batch(rng, 20, "float64")
+    for Opt in (optim.SGD, optim.Adam):
+        p = mod.init_params(seed=2)
+        opt = Opt(p, lr=0.1)
+        opt.train_step(mod, **b)                 # fused
+        assert opt._fused is not None
+        before, st = p.flat.copy(), opt.state_dict()["state"]
+        for k in opt.lr:
+            opt.lr[k] = bad
+        with pytest.raises(ValueError, match=r"opt\.lr\['l1_W'\] must be a finite number >= 0"):
+            opt.train_step(mod, **b)
+        np.testing.assert_array_equal(p.flat, before)
+        assert opt.state_dict()["state"]["l1_W"]["step"] == st["l1_W"]["step"]
+
+
+def test_equal_learning_rates_of_any_real_type_take_the_fused_step(write_model):
+    """One rate for every parameter, whatever real type holds it (int, numpy float64), is one fused
+    step with that rate; different rates are the unfused step."""
+    mod = gradc.load(write_model(MLP))
+    rng = np.random.default_rng(4)
+    b = _mlp_batch(rng, 20, "float64")
+    for rates in ([1, 1, 1, 1], [np.float64(0.5)] * 4, [0.5, np.float64(0.5), 0.5, 0.5]):
+        p1, p2 = mod.init_params(seed=2), mod.init_params(seed=2)
+        o1, o2 = optim.SGD(p1, lr=0.3), optim.SGD(p2, lr=0.3)
+        for k, r in zip(o2.lr, rates):
+            o2.lr[k] = r
+        L = o2.train_step(mod, **b)
+        assert o2._fused_lr(mod._compiled) == float(rates[0])
+        assert mod.sgd_step(p1, float(rates[0]), **b) == L
+        np.testing.assert_array_equal(p2.flat, p1.flat)
+    o2.lr["l2_b"] = 0.25
+    assert o2._fused_lr(mod._compiled) is None

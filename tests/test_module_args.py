@@ -340,3 +340,69 @@ def test_a_model_without_inputs_or_targets_takes_only_its_parameters(tmp_path):
     assert L == pytest.approx(3 * 1.5 ** 2)
     np.testing.assert_allclose(g["w"], 2 * 1.5 * np.ones(3))
     assert mod.loss(p) == pytest.approx(L)
+
+
+# ---- the fused steps check their arguments as the other functions do ----------------------------
+
+STEPS = ["sgd_step", "adam_step", "SGD.train_step", "Adam.train_step"]
+
+
+def fused_step(mod, how, params, **data):
+    """One fused step ``how`` on ``params`` (updated in place); returns the loss."""
+    from gradc import optim
+    if how == "sgd_step":
+        return mod.sgd_step(params, 0.1, **data)
+    if how == "adam_step":
+        return mod.adam_step(params, mod.adam_state(), lr=0.1, **data)
+    opt = (optim.SGD if how == "SGD.train_step" else optim.Adam)(params, lr=0.1)
+    L = opt.train_step(mod, **data)
+    assert opt._fused is not None, "the fused path was not taken"
+    return L
+
+
+@pytest.mark.parametrize("how", STEPS)
+def test_fused_steps_give_the_same_step_for_data_that_converts(mod, data, how):
+    ref = mod.init_params(seed=1)
+    L = fused_step(mod, how, ref, **data)
+    u2 = np.repeat(data["u"], 2)[::2]
+    for conv in (dict(data, x=np.asfortranarray(data["x"])), dict(data, u=u2, y=data["y"][::-1].copy()[::-1]),
+                 dict(data, x=data["x"].astype(np.float32)), dict(data, u=data["u"].astype(np.int64)),
+                 {k: v.tolist() for k, v in data.items()}):
+        q = mod.init_params(seed=1)
+        want = L if conv["x"] is not None and np.asarray(conv["x"]).dtype != np.float32 else None
+        got = fused_step(mod, how, q, **conv)
+        if want is None:        # float32 data: the float64 step of the same (rounded) values
+            r = mod.init_params(seed=1)
+            want = fused_step(mod, how, r, **dict(data, x=data["x"].astype(np.float32).astype(np.float64)))
+            np.testing.assert_array_equal(q.flat, r.flat)
+        else:
+            np.testing.assert_array_equal(q.flat, ref.flat)
+        assert got == want
+
+
+@pytest.mark.parametrize("how", STEPS)
+@pytest.mark.parametrize("bad,words", [
+    (lambda d: dict(d, x=d["x"][:, :2]), ("'x'", "(4, 2)", "(batch, 3)")),
+    (lambda d: dict(d, x=d["x"][0], u=d["u"][:1], y=d["y"][:1], c=d["c"][:1]), ("'x'", "(3,)")),
+    (lambda d: dict(d, y=d["y"][:, None]), ("'y'", "(4, 1)")),
+    (lambda d: dict(d, y=np.float64(1.0)), ("'y'",)),
+    (lambda d: dict(d, u=d["u"][:3]), ("'u'", "3", "'x'", "4")),
+    (lambda d: {k: v[:0] for k, v in d.items()}, ("empty",)),
+    (lambda d: dict(d, x=d["x"] + 1j), ("'x'", "complex")),
+    (lambda d: dict(d, x=None), ("'x'",)),
+    (lambda d: dict(d, u=d["u"].astype(np.float64)), ("'u'", "int")),
+    (lambda d: dict(d, u=np.array([0, 1, 2**40, 2])), ("'u'", "int32")),
+    (lambda d: {k: v for k, v in d.items() if k != "c"}, ("missing", "'c'")),
+    (lambda d: dict(d, z=d["y"]), ("unknown", "'z'")),
+    (lambda d: dict(d, u=np.array([0, 4, 5, 1], np.int32)), ("'u'", "sample 2", "0..4")),
+    (lambda d: dict(d, c=np.array([2, 0, 1, 3], np.int32)), ("'c'", "sample 3", "0..2")),
+], ids=["x-shape", "no-batch-axis", "y-extra-axis", "y-scalar", "batch-sizes", "empty", "complex", "none",
+        "float-ids", "int32-range", "missing", "unknown", "u-range", "c-range"])
+def test_fused_steps_refuse_bad_arguments_by_name_and_change_nothing(mod, data, how, bad, words):
+    q = mod.init_params(seed=1)
+    before = q.flat.copy()
+    with pytest.raises(ValueError) as ei:
+        fused_step(mod, how, q, **bad(data))
+    for w in words:
+        assert w in str(ei.value), f"{w!r} missing from {ei.value}"
+    np.testing.assert_array_equal(q.flat, before)

@@ -126,6 +126,12 @@ def lerp_(a, b, w):
         a[...] = b - (b - a) * (1 - w)
 
 
+def _is_real(v):
+    """Whether ``v`` is a real number as the optimizers take one: an int or float, Python's or
+    numpy's, and not a bool."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
 # ---- base class -----------------------------------------------------------------
 
 class Optimizer:
@@ -344,30 +350,50 @@ class Optimizer:
                 L = opt.train_step(mod, x=X, y=Y)
         """
         rt = runtime_of(module)
-        if self._fused_ready(rt):
-            lr = float(next(iter(self.lr.values())))
-            if 0 <= lr < math.inf:
-                st = self._flat_st
-                L = self._fused_step(rt, self._flat_p, st, lr, self._flat_hyper, batch, dropout_rng)
-                st["step"] += 1
-                for s in self._state.values():
-                    s["step"] = st["step"]
-                return L
+        lr = self._fused_lr(rt)
+        if lr is not None:
+            st = self._flat_st
+            L = self._fused_step(rt, self._flat_p, st, lr, self._flat_hyper, batch, dropout_rng)
+            t = st["step"] = st["step"] + 1
+            for s in self._state.values():
+                s["step"] = t
+            return L
         L, g = module.loss_and_grad(self.params, dropout_rng=dropout_rng, **batch)
         self.step(g)
         return L
 
-    def _fused_ready(self, rt):
-        """Whether ``train_step`` can run as one C call for the runtime ``rt`` (None: not a gradc module)."""
+    def _fused_lr(self, rt):
+        """The learning rate, as a float, when ``train_step`` can run as one C call for the runtime
+        ``rt`` (None: not a gradc module): the update fuses and every parameter has one rate
+        (``_common_lr``). Else None: the step then runs as ``loss_and_grad`` + ``step``, whose
+        checks name a bad rate."""
         if rt is None or self._flat_p is None:
-            return False
-        if self._fused is not rt and self._unfused is not rt:
+            return None
+        if self._fused is not rt:
+            if self._unfused is rt:
+                return None
             # decided once per model (load_state_dict resets it)
             self._fused, self._unfused = (rt, None) if self._fusion(rt) else (None, rt)
-        if self._fused is None:
-            return False
-        # a scheduler may give parameters different learning rates at any step
-        return len(self.lr) == len(self.params) and len(set(self.lr.values())) == 1
+            if self._fused is None:
+                return None
+        return self._common_lr()
+
+    def _common_lr(self):
+        """The learning rate of every parameter, as a float, when all have one and the same, a real
+        number (not a bool), finite and >= 0; else None (the per-parameter step then names the bad
+        one). A scheduler (or the user) may change ``opt.lr`` at any step, so it is read each time."""
+        lrs = self.lr
+        if len(lrs) != len(self.params):
+            return None
+        it = iter(lrs.values())
+        lr = next(it)
+        if type(lr) is not float and not _is_real(lr):
+            return None
+        for v in it:
+            if v is not lr and ((type(v) is not float and not _is_real(v)) or v != lr):
+                return None
+        lr = float(lr)
+        return lr if 0 <= lr < math.inf else None
 
     def _fusion(self, rt):
         fp = self._flat_p
@@ -403,11 +429,8 @@ class Optimizer:
             if hs[0]["frozen"] or any(h != hs[0] for h in hs[1:]):
                 return False
             self._gather_state(fp, hs[0])
-        lrs = set(self.lr.values())
-        if len(lrs) != 1:
-            return False
-        lr = float(lrs.pop())
-        if not 0 <= lr < math.inf:
+        lr = self._common_lr()
+        if lr is None:
             return False
         g = fg if fg.dtype == fp.dtype else fg.astype(fp.dtype)
         n_entries = len(self._flat_st)

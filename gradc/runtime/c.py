@@ -42,12 +42,13 @@ FLOAT32_MAX_BATCH = 2**24
 #: the most threads ``set_threads`` takes (the kernels' ``NAME_MAX_THREADS``); a call uses at most
 #: one per block of ``LANES`` samples
 MAX_THREADS = abi.MAX_THREADS
+_INT32 = np.dtype(np.int32)
 
 
 def _finite_step(out, g, fn):
     """Refuse to take a step whose loss or gradient holds NaN or Inf, as the C steps do (ENONFINITE):
     the parameters and the optimizer's state stay as they were."""
-    if not (math.isfinite(out[0]) and np.isfinite(g).all()):
+    if not (math.isfinite(out.item()) and np.isfinite(g).all()):
         raise ValueError(f"{fn}: {error_message(abi.ENONFINITE)}")
 
 
@@ -150,6 +151,12 @@ class CModule:
         # what the fast argument check compares, per input and target
         self._expect = {a.name: (self._np_dtype(a), a.shape, 1 + len(a.shape), a.name in self.int_bounds)
                         for a in self._specs}
+        # the cffi array types of the pointers, resolved once (a type string is parsed per call otherwise)
+        self._int_t = self.ffi.typeof("int32_t[]")
+        self._real_t = self.ffi.typeof(self.ctype + "[]")
+        self._tables = {}       # id(specs) -> the fast argument check's table (_fast_table)
+        self._held = {}         # id(array) -> (array, its pointer): the parameter and state buffers
+        self._apply_fns = {}    # rule -> the generated NAME_<rule>_apply
 
     def _np_dtype(self, a):
         return np.dtype(np.int32) if a.is_int else self.dtype
@@ -226,23 +233,56 @@ class CModule:
         return a
 
     # ---- data ----------------------------------------------------------
-    def _fast_data(self, data, specs):
+    def _fast_table(self, specs):
+        """What ``_fast_data`` compares for the arguments ``specs`` (``self._specs`` or
+        ``info.inputs``), made once: per argument (name, dtype, per-sample shape, ndim, cffi type),
+        and the largest batch."""
+        t = self._tables.get(id(specs))
+        if t is None or t[0] is not specs:
+            rows = tuple((s.name, *self._expect[s.name][:3], self._int_t if s.is_int else self._real_t)
+                         for s in specs)
+            t = self._tables[id(specs)] = (specs, rows, self._max_batch(specs))
+        return t
+
+    def _fast_data(self, data, specs, ptrs=False):
         """The common case in a training loop, checked cheaply: exactly the right names, each a
-        C-contiguous array of the right dtype and per-sample shape, one batch size, ids in range.
-        Anything else (None) goes through the full checks, which name what is wrong."""
-        if len(data) != len(specs):
+        C-contiguous numpy array of the right dtype and per-sample shape, one batch size within
+        the limit. Returns (n, the arrays), or with ``ptrs`` (n, their cffi pointers); or None:
+        anything else goes through the full checks (``_data``), which name what is wrong. Ids are
+        range-checked by the C function (EINDEX), then named by ``_check``."""
+        _, rows, limit = self._fast_table(specs)
+        if len(data) != len(rows):
             return None
-        n, out = -1, []
-        for s in specs:
-            name = s.name
+        n, out, buf = -1, [], self.ffi.from_buffer
+        for name, dt, shape, ndim, T in rows:
             a = data.get(name)
-            dt, shape, ndim, ids = self._expect[name]
-            if type(a) is not np.ndarray or a.dtype != dt or a.ndim != ndim or a.shape[1:] != shape \
-                    or not a.flags.c_contiguous or (n >= 0 and a.shape[0] != n):
+            if type(a) is not np.ndarray or (a.dtype is not dt and a.dtype != dt):
                 return None
-            n = a.shape[0]
-            out.append(a)       # ids are range-checked by the C function (EINDEX), named by _check
-        return (n, out) if 0 < n <= self._max_batch(specs) else None
+            sh = a.shape
+            if len(sh) != ndim or sh[1:] != shape:
+                return None
+            if sh[0] != n:
+                if n >= 0:
+                    return None
+                n = sh[0]
+            if ptrs:
+                try:            # from_buffer takes a C-contiguous array only (numpy refuses the others)
+                    out.append(buf(T, a))
+                except (ValueError, TypeError, BufferError):
+                    return None
+            elif a.flags.c_contiguous:
+                out.append(a)
+            else:
+                return None
+        return (n, out) if 0 < n <= limit else None
+
+    def _data_ptrs(self, data, specs, what, rng=None):
+        """(n, the cffi pointers of the checked arguments): ``_fast_data``, else ``_data``'s full checks."""
+        fast = self._fast_data(data, specs, True)
+        if fast is not None:
+            return fast
+        n, arrays = self._data(data, specs, what, rng)
+        return n, [self._ptr(a) for a in arrays]
 
     def _max_batch(self, specs):
         """The largest batch a call on ``specs`` takes: ``MAX_BATCH``, or ``FLOAT32_MAX_BATCH`` for a
@@ -370,9 +410,9 @@ class CModule:
         return a
 
     def _ptr(self, a):
-        if a.dtype == np.int32:
-            return self.ffi.from_buffer("int32_t[]", a, require_writable=False)
-        return self.ffi.from_buffer(self.ctype + "[]", a, require_writable=False)
+        """The cffi pointer of the contiguous array ``a`` (int32 or the model's real type); it
+        keeps ``a`` alive."""
+        return self.ffi.from_buffer(self._int_t if a.dtype == _INT32 else self._real_t, a)
 
     def _work(self):
         wp = getattr(self._local, "wp", None)
@@ -436,14 +476,14 @@ class CModule:
         """Call ``NAME_<what>(threads, n, params, data..., *extra(n), ..., work)``."""
         fn = self._per_sample_fn(what)
         flat = self._flat_params(params)
-        n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
+        n, ptrs = self._data_ptrs(data, self._specs, "input or target", dropout_rng)
         T = min(self.threads, -(-n // LANES))
         args, keep = extra(n)
         if what == "loss_grad_weighted":
             work = self._threads_work(n, T)
         else:     # grad_norms, loss_grad_clipped: room for a block's gradients per thread
             work = self._threads_work(n, T, getattr(self.lib, f"{self.info.prefix}_workspace_size_norms"), "wn")
-        rc = fn(T, n, self._ptr(flat), *[self._ptr(a) for a in arrays], *args, work)
+        rc = fn(T, n, self._ptr(flat), *ptrs, *args, work)
         self._check(rc, what, data)
         return keep
 
@@ -503,7 +543,7 @@ class CModule:
     def _held_ptr(self, a):
         """The cffi pointer of a long-lived array (a parameter buffer), made once: from_buffer costs
         about a microsecond, a fifth of a small model's whole step."""
-        cache = self.__dict__.setdefault("_held", {})
+        cache = self._held
         hit = cache.get(id(a))
         if hit is not None and hit[0] is a:
             return hit[1]
@@ -543,12 +583,11 @@ class CModule:
         Example: ``mod.forward(p, x=X)["score"]``.
         """
         flat = self._flat_params(params)
-        n, arrays = self._data(inputs, self.info.inputs, "input", dropout_rng)
+        n, ptrs = self._data_ptrs(inputs, self.info.inputs, "input", dropout_rng)
         per_sample = sum(math.prod(o.shape) for o in self.info.outputs)
         check_alloc(n * per_sample * self.dtype.itemsize, f"the outputs of a batch of {n}")
         outs = {o.name: np.empty((n, *o.shape), dtype=self.dtype) for o in self.info.outputs}
-        rc = self._fwd(n, self._ptr(flat), *[self._ptr(a) for a in arrays],
-                       *[self._ptr(o) for o in outs.values()], self._work())
+        rc = self._fwd(n, self._ptr(flat), *ptrs, *[self._ptr(o) for o in outs.values()], self._work())
         self._check(rc, "forward", inputs)
         return outs
 
@@ -558,11 +597,11 @@ class CModule:
         Example: ``mod.loss(p, x=X, y=Y)``.
         """
         flat = self._flat_params(params)
-        n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
+        n, ptrs = self._data_ptrs(data, self._specs, "input or target", dropout_rng)
         out = np.empty(1, dtype=self.dtype)
-        rc = self._loss(n, self._ptr(flat), *[self._ptr(a) for a in arrays], self._ptr(out), self._work())
+        rc = self._loss(n, self._ptr(flat), *ptrs, self._ptr(out), self._work())
         self._check(rc, "loss", data)
-        return float(out[0])
+        return out.item()
 
     def loss_and_grad(self, params, dropout_rng=None, **data):
         """(loss, grads): grads has the keys and shapes of ``params`` (views into one flat array).
@@ -572,20 +611,21 @@ class CModule:
         Example: ``L, g = mod.loss_and_grad(p, x=X, y=Y); g.flat``.
         """
         flat = self._flat_params(params)
-        n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
+        n, ptrs = self._data_ptrs(data, self._specs, "input or target", dropout_rng)
         out = np.empty(1, dtype=self.dtype)
         g = np.empty(self.n_params, dtype=self.dtype)
-        rc = self._lg_call(n, self._ptr(flat), [self._ptr(a) for a in arrays], self._ptr(out), self._ptr(g))
+        rc = self._lg_call(n, self._ptr(flat), ptrs, self._ptr(out), self._ptr(g))
         self._check(rc, "loss_and_grad", data)
-        return float(out[0]), Params(g, self.params)
+        return out.item(), Params(g, self.params)
 
     # ---- fused training steps: one call into C, no gradient dict ---------------------
     def _step_buffers(self):
-        """Per thread: the gradient buffer and a one-value output, with their pointers, reused by the fused steps."""
+        """Per thread: the gradient buffer and a one-value output, with their pointers, and the
+        one-thread workspace's pointer, reused by the fused steps."""
         b = getattr(self._local, "step", None)
         if b is None:
             g, out = np.empty(self.n_params, dtype=self.dtype), np.empty(1, dtype=self.dtype)
-            b = self._local.step = (g, self._ptr(g), out, self._ptr(out))
+            b = self._local.step = (g, self._ptr(g), out, self._ptr(out), CModule._work(self))
         return b
 
     def sgd_step(self, params, lr, dropout_rng=None, **data):
@@ -618,19 +658,19 @@ class CModule:
             release_params(key)
 
     def _sgd_flat(self, flat, lr, data, dropout_rng):
-        n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
-        g, gp, out, op = self._step_buffers()
+        n, ptrs = self._data_ptrs(data, self._specs, "input or target", dropout_rng)
+        g, gp, out, op, wp = self._step_buffers()
         if self.threads > 1:
-            rc = self._lg_call(n, self._held_ptr(flat), [self._ptr(a) for a in arrays], op, gp)
+            rc = self._lg_call(n, self._held_ptr(flat), ptrs, op, gp)
             if rc:
                 self._check(rc, "sgd_step", data)
             _finite_step(out, g, "sgd_step")       # as the C step: no update from NaN or Inf
             flat -= self.dtype.type(lr) * g
-            return float(out[0])
-        rc = self._sgd(n, self._held_ptr(flat), *[self._ptr(a) for a in arrays], lr, op, gp, self._work())
+            return out.item()
+        rc = self._sgd(n, self._held_ptr(flat), *ptrs, lr, op, gp, wp)
         if rc:
             self._check(rc, "sgd_step", data)
-        return float(out[0])
+        return out.item()
 
     def adam_state(self):
         """Fresh Adam state for ``adam_step``: ``{"step": 0, "exp_avg": zeros, "exp_avg_sq": zeros}``,
@@ -674,7 +714,7 @@ class CModule:
         return L
 
     def _apply_fn(self, rule):
-        fns = self.__dict__.setdefault("_apply_fns", {})
+        fns = self._apply_fns
         fn = fns.get(rule)
         if fn is None:
             name = f"{self.info.prefix}_{rule}_apply"
@@ -707,14 +747,18 @@ class CModule:
             release_params(key)
 
     def _apply_flat(self, fn, rule, flat, buffers, scalars, data, dropout_rng):
-        n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
-        g, gp, out, op = self._step_buffers()
+        n, ptrs = self._data_ptrs(data, self._specs, "input or target", dropout_rng)
+        g, gp, out, op, wp = self._step_buffers()
         fp = self._held_ptr(flat)
-        rc = self._lg_call(n, fp, [self._ptr(a) for a in arrays], op, gp)
+        if self.threads == 1:
+            rc = self._lg(n, fp, *ptrs, op, gp, wp)
+        else:
+            rc = self._lg_call(n, fp, ptrs, op, gp)
         if rc:
             self._check(rc, f"{rule}_step", data)
         _finite_step(out, g, f"{rule}_step")      # no update (nor state) from NaN or Inf
-        rc = fn(fp, gp, *[self._held_ptr(b) for b in buffers], *scalars)
+        held = self._held_ptr
+        rc = fn(fp, gp, *[held(b) for b in buffers], *scalars)
         if rc:          # None while an update is void (ABI 1)
             self._check(rc, f"{rule}_step")
-        return float(out[0])
+        return out.item()
