@@ -95,11 +95,11 @@ def _on_threads(runner, name, set_threads):
     runner.name = name
     runner.cpu = [0.0, 0.0]
 
-    def run_on_threads(n, times=None):
+    def run_on_threads(*args, **kwargs):
         if set_threads is not None:
             set_threads()
         c0, w0 = time.process_time(), time.perf_counter()
-        out = run(n, times)
+        out = run(*args, **kwargs)
         runner.cpu[0] += time.process_time() - c0
         runner.cpu[1] += time.perf_counter() - w0
         return out
