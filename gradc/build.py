@@ -50,8 +50,9 @@ except ImportError:                # Windows: no locks; a vanished entry is rebu
 
 from ._version import __version__
 from .errors import BuildError
+from .isa import ARCH_FLAGS, host
 
-FLAGS = ["-O3", "-march=native", "-fPIC", "-fno-math-errno", "-fopenmp-simd", "-DGRADC_SIMD"]
+FLAGS = ["-O3", *ARCH_FLAGS, "-fPIC", "-fno-math-errno", "-fopenmp-simd", "-DGRADC_SIMD"]
 
 
 def openmp(cc_identity):
@@ -147,7 +148,6 @@ def gpu_identity():
 
 def c_identity():
     """The C target's part of the cache key: (label, the compiler and its flags)."""
-    from .isa import host
     _, cc_id = compiler()
     return "c", cc_id + " " + " ".join(flags(cc_id)) + " isa " + host().name    # the tiles are sized for it
 

@@ -18,6 +18,7 @@ Example::
 """
 import functools
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 
@@ -62,15 +63,19 @@ def _probe(cc, flags):
     return from_macros(p.stdout) if p.returncode == 0 else GENERIC
 
 
+# what the C target compiles with to target this machine's vector unit (gradc.build adds it to its flags)
+ARCH_FLAGS = ("-march=native",)
+
+
 def host():
-    """The vector unit the C target builds for on this machine (``$CC`` with gradc's flags); set
-    ``GRADC_ISA`` to avx512, avx2, avx, neon, sse2 or generic to tile for another one."""
+    """The vector unit the C target builds for on this machine (``$CC`` or ``cc`` with
+    ``ARCH_FLAGS``); set ``GRADC_ISA`` to avx512, avx2, avx, neon, sse2 or generic to tile for
+    another one."""
     forced = os.environ.get("GRADC_ISA")
     if forced:
         for _, isa in _TABLE + (("", GENERIC),):
             if isa.name == forced:
                 return isa
         raise ValueError(f"GRADC_ISA must be one of avx512, avx2, avx, neon, sse2, generic, not {forced!r}")
-    from .build import compiler, flags
-    cc, cc_id = compiler()
-    return _probe(cc, tuple(f for f in flags(cc_id) if f.startswith("-m")))
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    return _probe(cc, ARCH_FLAGS) if cc else GENERIC
