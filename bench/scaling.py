@@ -57,7 +57,7 @@ from compile_width import MODEL  # noqa: E402   the 2-layer MLP template, {d}-{w
 from workload_bench.definitions import LABELS, Workload, _linear_init, generate_data, workloads  # noqa: E402
 from workload_bench.peers import build_gradc, build_jax, build_numpy, build_torch  # noqa: E402
 from workload_bench.report import cpu_name, fmt_ratio2, fmt_us, git_state, loadavg, versions  # noqa: E402
-from workload_bench.timing import Skip, check, gemm_rate, pin_to_one_core, time_steps  # noqa: E402
+from workload_bench.timing import CLOCKS, Skip, check, gemm_rate, pin_to_one_core, time_steps  # noqa: E402
 
 PEERS = ("numpy", "torch", "jax")
 BUILDERS = dict(numpy=build_numpy, torch=build_torch, jax=build_jax)
@@ -65,11 +65,6 @@ LENET_PEERS = ("torch", "jax")          # numpy by hand: the MLP only
 CLASSES, LR = 10, 0.01
 FULL = dict(widths="64,128,256,512,1024,2048", batches="1,4,16,64,256,1024", lenet_batches="1,4,16,64,128,256,512",
             seconds=1.0, rounds=5, check_steps=3, min_steps=10, max_steps=3000)
-# --clock: (ns counter for the steps, s counter for the SGEMM), and what the report calls it
-CLOCKS = dict(wall=(time.perf_counter_ns, time.perf_counter, "wall-clock time"),
-              cpu=(time.process_time_ns, time.process_time,
-                   "CPU time of the process (all its threads; time.process_time), not the time other processes "
-                   "take from the core"))
 QUICK = dict(widths="64,256", batches="16", lenet_batches="16",
              seconds=0.05, rounds=2, check_steps=2, min_steps=3, max_steps=100)
 

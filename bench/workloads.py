@@ -68,7 +68,7 @@ from workload_bench.definitions import LABELS, PEERS, generate_data, load_data, 
 from workload_bench.peers import (build_casadi, build_gradc, build_jax, build_micrograd,  # noqa: E402
                                   build_numpy, build_torch, build_torch_compile)
 from workload_bench.report import cpu_name, fmt_us, git_state, loadavg, markdown, plot, versions  # noqa: E402
-from workload_bench.timing import (Skip, check, gemm_rate, pin_to_one_core, reference_check,  # noqa: E402
+from workload_bench.timing import (CLOCKS, Skip, check, gemm_rate, pin_to_one_core, reference_check,  # noqa: E402
                                    time_parts, time_steps)
 
 
@@ -117,7 +117,7 @@ def run_workload(wl, args, log, cache_dirs, workdir):
         else:
             r.run(args.warmup)
             counts[r.name] = args.steps
-    times = time_steps(runners, counts, args.rounds, args.seed)
+    times = time_steps(runners, counts, args.rounds, args.seed, CLOCKS[args.clock][0])
     for r in runners:
         t = sorted(times[r.name])
         med = statistics.median(t)
@@ -183,6 +183,9 @@ def parse_args(argv):
                     help="pin the process to one core with os.sched_setaffinity (default; --no-pin leaves "
                          "the affinity alone)")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="time the steps (and the SGEMM) by wall-clock time (default) or by the process's CPU time "
+                         "(on a shared, loaded machine)")
     a = ap.parse_args(argv)
     a.peers = () if a.peers.strip().lower() in ("", "none") else tuple(p.strip() for p in a.peers.split(","))
     bad = [p for p in a.peers if p not in PEERS]
@@ -219,7 +222,7 @@ def main(argv=None):
         else:
             generate_data(wl, args.seed)
     vers, missing = versions(args.peers)
-    sgemm, dgemm = gemm_rate(np.float32), gemm_rate(np.float64)
+    sgemm, dgemm = gemm_rate(np.float32, clock=CLOCKS[args.clock][1]), gemm_rate(np.float64, clock=CLOCKS[args.clock][1])
     log(f"single-thread SGEMM {sgemm:.1f} GFLOP/s, DGEMM {dgemm:.1f} GFLOP/s")
     cache_dirs, results = [], []
     workdir = tempfile.mkdtemp(prefix="gradc-bench-peers-")
@@ -233,7 +236,7 @@ def main(argv=None):
                 commit=git_state(), load=loadavg(),
                 python=platform.python_version(), versions=vers, missing=missing, peers=args.peers,
                 data=os.path.abspath(args.data) if args.data else f"generated (seed {args.seed})",
-                steps=args.steps, warmup=args.warmup, rounds=args.rounds, sgemm=sgemm, dgemm=dgemm, pinned=pinned,
+                steps=args.steps, warmup=args.warmup, rounds=args.rounds, sgemm=sgemm, dgemm=dgemm, pinned=pinned + f"; timed by {CLOCKS[args.clock][2]}",
                 wall_s=time.perf_counter() - t_start)
     os.makedirs(args.out, exist_ok=True)
     md = markdown(results, meta)

@@ -54,6 +54,14 @@ class Runner:
         return last
 
 
+# how a run is timed (--clock): (ns counter for the steps, s counter for the SGEMM), and what the report
+# calls it; on a shared, loaded machine CPU time leaves out the time other processes take from the core
+CLOCKS = dict(wall=(time.perf_counter_ns, time.perf_counter, "wall-clock time"),
+              cpu=(time.process_time_ns, time.process_time,
+                   "CPU time of the process (all its threads; time.process_time), not the time other processes "
+                   "take from the core"))
+
+
 def gemm_rate(dtype, n=1024, reps=7, clock=time.perf_counter):
     """Single-thread GEMM rate (GFLOP/s, median of ``reps``) of numpy's BLAS; ``clock`` in seconds
     (``time.process_time`` for CPU time)."""
