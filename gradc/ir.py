@@ -16,6 +16,12 @@ splits nested sums into their own reduction stages, so
 ``relu(Sum(W[i,k]*x[k], k) + b[i])`` becomes ``z[i] = Sum_k W[i,k]*x[k]`` and
 ``h[i] = Max(0, z[i] + b[i])``.
 
+Identical stages are made once (``_Lowering.stage_key``): a Sum written three
+times, in one expression or in several definitions, under any name of its
+bound index, becomes one reduction stage that every use reads (so the
+backward pass adds every use's contribution into that stage's one adjoint);
+an intermediate a helper defines twice (``~`` names) is made once too.
+
 Example::
 
     prog = lower(model.spec())
@@ -180,6 +186,10 @@ class _Lowering:
         self.int_bounds = {}
         self.n_aux = 0
         self.what = {}          # stage -> how messages name it ("the loss", "tensor 'h'")
+        self.shared = {}        # stage_key -> the name of the stage that computes it
+        self.alias = {}         # read symbol of a dropped duplicate -> that of the stage it equals
+        self.canon = []         # the dummies stage_key puts in place of loop indices, by position
+        self.outputs = set(spec.outputs)
 
     def fresh(self, base):
         while True:
@@ -291,33 +301,81 @@ class _Lowering:
         return None
 
     # ---- splitting -----------------------------------------------------
-    def add_def(self, name, shape, idx, body, elements, op, red, where, what):
+    def add_def(self, name, shape, idx, body, elements, op, red, where, what, droppable=True):
+        """Lower one definition to its stage (after the stages its nested sums become).
+
+        ``droppable``: whether a helper's intermediate (a ``~`` name, not an output) that equals
+        an earlier stage may be dropped, its readers reading that stage instead.
+        """
         self.what[name] = what
         info = self.tensors.setdefault(name, TensorInfo(name, "stage", shape, REAL, None, None, where))
         info.where = where
+        if self.alias:        # reads of dropped duplicates read the stage they equal
+            body = body.xreplace(self.alias) if body is not None else None
+            elements = [sp.sympify(e).xreplace(self.alias) for e in elements] if elements is not None else None
         if elements is not None:
             els = []
             for e in elements:
                 e = stabilize(e)
                 self.check_symbols(e, set(), where, what)
                 els.append(self.split(e, [], {}, where, what))
-            self.push(Stage(name, (), (), "assign", None, els, where=where))
-            return
+            return self.push_def(Stage(name, (), (), "assign", None, els, where=where), droppable)
         body = stabilize(body)
         loops = dict(zip(idx, shape))
         self.check_symbols(body, set(idx) | {k for k, _ in red}, where, what)
         if red:
             loops.update(dict(red))
-            self.push(Stage(name, tuple(idx), tuple(red), op,
-                            self.split(body, list(idx) + [k for k, _ in red], loops, where, what), where=where))
-            return
+            return self.push_def(Stage(name, tuple(idx), tuple(red), op,
+                                       self.split(body, list(idx) + [k for k, _ in red], loops, where, what),
+                                       where=where), droppable)
         if isinstance(body, sp.Sum):
             red, summand = self.limits(body, where, what)
             loops.update(dict(red))
-            self.push(Stage(name, tuple(idx), tuple(red), "sum",
-                            self.split(summand, list(idx) + [k for k, _ in red], loops, where, what), where=where))
+            return self.push_def(Stage(name, tuple(idx), tuple(red), "sum",
+                                       self.split(summand, list(idx) + [k for k, _ in red], loops, where, what),
+                                       where=where), droppable)
+        self.push_def(Stage(name, tuple(idx), (), "assign", self.split(body, list(idx), loops, where, what),
+                            where=where), droppable)
+
+    # ---- sharing identical stages ----------------------------------------
+    def stage_key(self, op, shape, idx, red, body=None, elements=None):
+        """What determines the tensor a stage computes: its op, output shape, reduction extents
+        and body, with the output indices and the reduction indices replaced by fixed dummies
+        by position. Two stages with one key compute the same values, so
+        ``Sum_k W[i, k]*x[k]`` and ``Sum_j W[i2, j]*x[j]`` (over the same extents) have one key,
+        while ``Sum_k W[i, k]*x[k]`` and ``Sum_k W[k, i]*x[k]`` (another output index map) do not.
+        """
+        loops = list(idx) + [k for k, _ in red]
+        while len(self.canon) < len(loops):
+            self.canon.append(sp.Dummy(f"o{len(self.canon)}", integer=True))
+        if elements is not None:
+            return ("elements", tuple(shape), tuple(elements))
+        return (op, tuple(shape), tuple(n for _, n in red), body.xreplace(dict(zip(loops, self.canon))))
+
+    def key_of(self, st):
+        return self.stage_key(st.op, self.tensors[st.name].shape, st.idx, st.red, st.body, st.elements)
+
+    def push_def(self, st, droppable):
+        """Push a definition's stage, unless an earlier stage computes the same tensor: then a
+        helper's intermediate is dropped (later bodies read the earlier stage), and a named
+        reduction becomes a copy of the earlier one (so the sum is computed once and the
+        name stays); a named elementwise duplicate is kept as it is."""
+        key = self.key_of(st)
+        prev = self.shared.get(key)
+        if prev is None:
+            self.push(st)
+            self.shared[key] = st.name
             return
-        self.push(Stage(name, tuple(idx), (), "assign", self.split(body, list(idx), loops, where, what), where=where))
+        if droppable and st.name.startswith("~") and st.name not in self.outputs:
+            self.alias[sp.Symbol(st.name, real=True)] = sp.Symbol(prev, real=True)
+            del self.tensors[st.name]
+            return
+        if st.red:
+            base = sp.Symbol(prev, real=True)
+            self.push(Stage(st.name, st.idx, (), "assign", sp.IndexedBase(base)[st.idx] if st.idx else base,
+                            where=st.where))
+            return
+        self.push(st)
 
     def limits(self, s, where, what):
         """The reduction loops of ``Sum`` s, shifted to start at 0, and its summand."""
@@ -332,8 +390,15 @@ class _Lowering:
         return red, summand
 
     def split(self, expr, order, loops, where, what):
-        """Replace every Sum in ``expr`` by a read of a new reduction stage."""
+        """Replace every Sum in ``expr`` by a read of a reduction stage (one per distinct sum)."""
+        done = {}            # a subexpression met again (a Sum written twice) is split once
+
         def visit(e):
+            if e not in done:
+                done[e] = split_node(e)
+            return done[e]
+
+        def split_node(e):
             if is_log_sum_exp(e) and not self.shifted(e):
                 return visit(self.log_sum_exp(e, order, loops, where, what))
             if isinstance(e, sp.Sum):
@@ -383,14 +448,20 @@ class _Lowering:
         return mx + sp.log(sp.Sum(sp.exp(u_split - mx), *lim))
 
     def new_stage(self, free, loops, red, op, body, where, what):
-        name = self.fresh("r" if op == "sum" else "m")
-        self.what[name] = what
+        """A read, at the loop indices ``free``, of the stage reducing ``body`` over ``red``: a new
+        stage, or the earlier one with the same ``stage_key`` (the same sum written again)."""
         shape = tuple(loops[v] for v in free)
-        # fresh output indices keep every stage's loop variables its own
-        idx = tuple(sp.Symbol(f"{v.name}.{name[1:]}", integer=True) for v in free)
-        body = body.xreplace(dict(zip(free, idx)))
-        self.tensors[name] = TensorInfo(name, "stage", shape, REAL, None, None, where)
-        self.push(Stage(name, idx, tuple(red), op, body, where=where))
+        key = self.stage_key(op, shape, free, red, body)
+        name = self.shared.get(key)
+        if name is None:
+            name = self.fresh("r" if op == "sum" else "m")
+            self.what[name] = what
+            # fresh output indices keep every stage's loop variables its own
+            idx = tuple(sp.Symbol(f"{v.name}.{name[1:]}", integer=True) for v in free)
+            body = body.xreplace(dict(zip(free, idx)))
+            self.tensors[name] = TensorInfo(name, "stage", shape, REAL, None, None, where)
+            self.push(Stage(name, idx, tuple(red), op, body, where=where))
+            self.shared[key] = name
         read = sp.IndexedBase(sp.Symbol(name, real=True))[tuple(free)] if free else sp.Symbol(name, real=True)
         return read
 
@@ -479,12 +550,12 @@ def _lower(spec):
         except RecursionError:
             raise nested_too_deeply("lowering", d.where) from None
     loss = L.fresh("loss")
-    L.add_def(loss, (), (), spec.loss, None, "assign", (), spec.loss_where, "the loss")
+    L.add_def(loss, (), (), spec.loss, None, "assign", (), spec.loss_where, "the loss", droppable=False)
     reg = None
     if spec.reg:
         reg = L.fresh("reg")
         L.add_def(reg, (), (), sp.Add(*[e for e, _ in spec.reg]), None, "assign", (), spec.reg[0][1],
-                  "the regularization")
+                  "the regularization", droppable=False)
     prog = Program(spec.name, L.tensors, L.stages, loss, reg, list(spec.outputs), L.int_bounds)
     from .model import MAX_ELEMENTS
     for kind, what in (("param", "parameters"), ("stage", "intermediate tensors")):
