@@ -185,3 +185,46 @@ def test_regression_piecewise_select_over_a_6x6_stage():
     assert L == pytest.approx(np.mean(np.sum(want ** 2, axis=(1, 2)) / 36), rel=1e-12)
     dw = np.mean(np.sum(2 * want * np.where(X - 0.5 < 0, 1.0, -1.0), axis=(1, 2)) / 36)
     assert float(g["w"]) == pytest.approx(dw, rel=1e-10)
+
+
+def test_regression_gradient_into_a_constant_index_from_an_indexed_stage():
+    """s[a] = x[a] * p[1] over a = 0..2; loss = sum_a s[a].
+
+    Found by the 1,000-model run at de31cfa (models 20, 228, 259, 285, 319, 388, 561): the gradient
+    dp[1] += sum_a ds[a] * x[a], whose target names no loop variable, was taken for a register tile,
+    which then had no output loop to unroll (``min() arg is an empty sequence`` in ``_gather_nest``).
+    With x = (1, 2, 3), (4, 5, 6) and p = (0.5, 2): L = mean(6, 15) * 2 = 21, dL/dp = (0, 10.5).
+    """
+    m = gc.Model("constant_index_target")
+    x = m.input("x", (3,))
+    p = m.param("p", (2,))
+    s = m.define("s", (3,), lambda a: x[a] * p[1])
+    m.loss(s.sum())
+    for dtype in ("float64", "float32"):
+        mod = gc.compile_model(m, dtype=dtype)
+        L, g = mod.loss_and_grad({"p": np.array([0.5, 2.0])}, x=np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]))
+        assert L == pytest.approx(21.0, rel=1e-6)
+        np.testing.assert_allclose(g["p"], [0.0, 10.5], rtol=1e-6)
+
+
+def test_regression_kernel_gradient_of_a_one_output_convolution():
+    """s[a] = Sum_j p[j] * x[a + j] with a single output (a = 0 only); loss = s[0].
+
+    Found by the 1,000-model run at de31cfa (models 88, 211, 222, 307, 351, 523): the kernel
+    gradient dp[j] += ds[0] * x[j] was a register tile whose summed loop has extent 1, so no
+    reduction loop was left and the tile was dropped, but its lanes still had to be totalled
+    (``AssertionError: a sum over the lanes needs a tile`` in ``_reduce``).
+    With p = (1, 0, -1, 0.5), x = (1, 2, 3, 4), (3, 2, 1, 0): s = 0, 2, so L = 1 and dL/dp = mean x = 2 each.
+    """
+    m = gc.Model("one_output_conv")
+    j = gc.index("j")
+    p = m.param("p", (4,))
+    x = m.input("x", (4,))
+    s = m.define("s", (1,), lambda a: sp.Sum(p[j] * x[a + j], (j, 0, 3)))
+    m.loss(s.sum())
+    for dtype in ("float64", "float32"):
+        mod = gc.compile_model(m, dtype=dtype)
+        L, g = mod.loss_and_grad({"p": np.array([1.0, 0.0, -1.0, 0.5])},
+                                 x=np.array([[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 1.0, 0.0]]))
+        assert L == pytest.approx(1.0, rel=1e-6)
+        np.testing.assert_allclose(g["p"], [2.0, 2.0, 2.0, 2.0], rtol=1e-6)

@@ -33,7 +33,7 @@ def test_log1p_and_expm1_came_in_through_the_table():
 
 @pytest.mark.parametrize("dtype, suffix", [("float64", ""), ("float32", "f")])
 def test_every_printable_primitive_prints_with_the_dtype_suffix(dtype, suffix):
-    where = {"x": ("X_x", (), "real", True)}
+    where = {"x": ("X_x", (), "real", True, None)}
     for p in PRIMITIVES:
         if not (p.c or p.helper):
             continue

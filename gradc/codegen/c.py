@@ -508,7 +508,11 @@ class Builder:
         computed before the reduction, temps inside it, the value reduced, a function from the
         accumulator's C reference to the statement that stores it, or the element its sum over
         the lanes is added to)."""
-        tile = inner and not any(outer for outer, _, _, _ in parts)
+        # a tile when there is a reduction loop to keep the accumulators in registers across, or
+        # when some accumulator is totalled over the lanes (a gathered parameter gradient whose
+        # summed loops all have extent 1: the tile then has no loops, only the lane loop)
+        need_total = any(not callable(store) for _, _, _, store in parts)
+        tile = bool(inner or need_total) and not any(outer for outer, _, _, _ in parts)
         accs, pre_t, body, post, totals = [], [], [], [], []
         for u, (outer, inner_t, val, store) in enumerate(parts):
             a = f"acc{u}"
@@ -655,7 +659,9 @@ class Builder:
                 continue
             comps = [sp.sympify(c) for c in u.idx]
             used = set().union(*(c.free_symbols for c in comps)) if comps else set()
-            if not comps or not used <= set(loop_syms) or len(used) == len(loop_syms) \
+            # (a target at constant indices, dP[1, 2] or dx[0], names no loop of the nest: there is
+            # no output loop to tile, and the lane-sum / lane-loop path below handles it)
+            if not comps or not used or not used <= set(loop_syms) or len(used) == len(loop_syms) \
                     or any(reads(c, self.prog.tensors) for c in comps):
                 continue
             if self.blocked(u.tensor):
