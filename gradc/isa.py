@@ -57,7 +57,7 @@ def from_macros(text):
 def _probe(cc, flags):
     try:
         p = subprocess.run([cc, *flags, "-dM", "-E", "-x", "c", os.devnull],
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, errors="replace", timeout=60)
     except (OSError, subprocess.SubprocessError):
         return GENERIC
     return from_macros(p.stdout) if p.returncode == 0 else GENERIC

@@ -12,8 +12,8 @@ from gradc.functions import Sigmoid, Softplus
 x, y = sp.symbols("x y", real=True)
 W = sp.IndexedBase(sp.Symbol("W", real=True))
 k = sp.Symbol("k", integer=True)
-WHERE = {"x": ("X_x", (), "real", True), "y": ("P_y", (), "real", False),
-         "W": ("P_W", (3, 4), "real", False), "u": ("X_u", (), "int32", True)}
+WHERE = {"x": ("X_x", (), "real", True, None), "y": ("P_y", (), "real", False, None),
+         "W": ("P_W", (3, 4), "real", False, None), "u": ("X_u", (), "int32", True, None)}
 
 
 def show(e, dtype="float64", names=None):
