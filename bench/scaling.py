@@ -44,7 +44,6 @@ import workload_bench  # noqa: E402, F401
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import gc  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -56,7 +55,8 @@ import numpy as np  # noqa: E402
 from compile_width import MODEL  # noqa: E402   the 2-layer MLP template, {d}-{w}-{k}
 from workload_bench.definitions import LABELS, Workload, _linear_init, generate_data, workloads  # noqa: E402
 from workload_bench.peers import build_gradc, build_jax, build_numpy, build_torch  # noqa: E402
-from workload_bench.report import cpu_name, fmt_ratio2, fmt_us, git_state, loadavg, versions  # noqa: E402
+from workload_bench.report import (cpu_name, fmt_ratio2, fmt_us, git_state, loadavg, log, versions,  # noqa: E402
+                                    write_report)
 from workload_bench.timing import CLOCKS, Skip, check, gemm_rate, pin_to_one_core, time_steps  # noqa: E402
 
 PEERS = ("numpy", "torch", "jax")
@@ -388,9 +388,6 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     t_start = time.perf_counter()
 
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
-
     # before PyTorch, JAX or gradc start a thread: the threads started later inherit the affinity
     core = pin_to_one_core()
     pinned = (f"pinned to core {core} (os.sched_setaffinity, every thread of the process)" if core is not None
@@ -422,17 +419,8 @@ def main(argv=None):
                           batch_width=args.batch_width, lenet_batches=args.lenet_batches, input=args.input,
                           quick=args.quick),
                 wall_s=time.perf_counter() - t_start)
-    os.makedirs(args.out, exist_ok=True)
-    md = markdown(results, meta)
-    with open(os.path.join(args.out, "scaling.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(args.out, "scaling.json"), "w") as f:
-        json.dump(dict(meta=meta, results=results), f, indent=1, default=float)
-    if not args.no_plot:
-        why = plot(results, meta, os.path.join(args.out, "scaling.png"))
-        if why:
-            log(why)
-    print(md)
+    write_report(args.out, "scaling", markdown(results, meta), meta, results,
+                 None if args.no_plot else (lambda path: plot(results, meta, path)))
     for r in results:
         for name, c in r["check"].items():
             if not c["ok"]:

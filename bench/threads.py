@@ -48,7 +48,6 @@ else:
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -56,7 +55,7 @@ import time  # noqa: E402
 
 from workload_bench.definitions import generate_data, load_data, workloads  # noqa: E402
 from workload_bench.peers import build_gradc, build_jax, build_torch  # noqa: E402
-from workload_bench.report import cpu_name, fmt_us, git_state, loadavg, versions  # noqa: E402
+from workload_bench.report import cpu_name, fmt_us, git_state, loadavg, log, versions, write_report  # noqa: E402
 from workload_bench.timing import Skip, check, time_steps  # noqa: E402
 
 WORKLOADS = ("W3", "W6")
@@ -282,9 +281,6 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     t_start = time.perf_counter()
 
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
-
     waited = wait_for_load(args.wait_load, args.wait_max, log) if args.wait_load > 0 else 0.0
     load_before = loadavg()
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
@@ -311,13 +307,8 @@ def main(argv=None):
                 waited_s=waited, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
                 goal_speedup=GOAL_SPEEDUP,
                 wall_s=time.perf_counter() - t_start)
-    os.makedirs(args.out, exist_ok=True)
-    md = markdown(results, meta)
-    with open(os.path.join(args.out, "threads.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(args.out, "threads.json"), "w") as f:
-        json.dump(dict(meta=meta, results=results), f, indent=1, default=float)
-    print(md)
+    write_report(args.out, "threads", markdown(results, meta), meta, results,
+                 None)
     for r in results:
         for name, c in r["check"].items():
             if not c["ok"]:

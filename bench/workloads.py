@@ -55,7 +55,6 @@ if HERE not in sys.path:               # run from anywhere, or imported by path:
 import workload_bench  # noqa: E402, F401
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -67,7 +66,8 @@ import numpy as np  # noqa: E402
 from workload_bench.definitions import LABELS, PEERS, generate_data, load_data, workloads  # noqa: E402
 from workload_bench.peers import (build_casadi, build_gradc, build_jax, build_micrograd,  # noqa: E402
                                   build_numpy, build_torch, build_torch_compile)
-from workload_bench.report import cpu_name, fmt_us, git_state, loadavg, markdown, plot, versions  # noqa: E402
+from workload_bench.report import (cpu_name, fmt_us, git_state, loadavg, log, markdown, plot, versions,  # noqa: E402
+                                    write_report)
 from workload_bench.timing import (CLOCKS, Skip, check, gemm_rate, pin_to_one_core, reference_check,  # noqa: E402
                                    time_parts, time_steps)
 
@@ -201,9 +201,6 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     t_start = time.perf_counter()
 
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
-
     # before PyTorch, JAX or gradc start a thread: the threads started later inherit the affinity
     core = pin_to_one_core() if args.pin else None
     if args.pin:
@@ -238,17 +235,8 @@ def main(argv=None):
                 data=os.path.abspath(args.data) if args.data else f"generated (seed {args.seed})",
                 steps=args.steps, warmup=args.warmup, rounds=args.rounds, sgemm=sgemm, dgemm=dgemm, pinned=pinned + f"; timed by {CLOCKS[args.clock][2]}",
                 wall_s=time.perf_counter() - t_start)
-    os.makedirs(args.out, exist_ok=True)
-    md = markdown(results, meta)
-    with open(os.path.join(args.out, "workloads.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(args.out, "workloads.json"), "w") as f:
-        json.dump(dict(meta=meta, results=results), f, indent=1, default=float)
-    if not args.no_plot:
-        why = plot(results, meta, os.path.join(args.out, "workloads.png"))
-        if why:
-            log(why)
-    print(md)
+    write_report(args.out, "workloads", markdown(results, meta), meta, results,
+                 None if args.no_plot else (lambda path: plot(results, meta, path)))
     bad = [(r["id"], n) for r in results for n, c in r["check"].items() if not c["ok"]]
     for wid, n in bad:
         log(f"WARNING: {wid} {LABELS[n]}: loss differs from gradc's beyond the tolerance")

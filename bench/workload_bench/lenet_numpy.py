@@ -16,6 +16,20 @@ from numpy.lib.stride_tricks import sliding_window_view
 PARAMS = ("K1", "c1", "K2", "c2", "W3", "b3", "W4", "b4", "W5", "b5")
 
 
+def softmax_ce(z, y):
+    """The mean softmax cross-entropy of logits ``z`` (B, K) against labels ``y``, and its gradient
+    with respect to ``z`` (the max subtracted, as every peer does)."""
+    B = z.shape[0]
+    zmax = z.max(axis=1, keepdims=True)
+    e = np.exp(z - zmax)
+    se = e.sum(axis=1, keepdims=True)
+    rows = np.arange(B)
+    loss = float(np.mean(np.log(se[:, 0]) + zmax[:, 0] - z[rows, y]))
+    dz = e / se
+    dz[rows, y] -= 1
+    return loss, dz / B
+
+
 def _pool(a):
     """2x2 max-pool of (B, H, W, C); returns the pooled map and where the maxima were (a mask)."""
     B, H, W, C = a.shape
@@ -54,14 +68,7 @@ def lenet_trainer(init, dtype):
         h3 = np.maximum(f @ p["W3"] + p["b3"], 0)
         h4 = np.maximum(h3 @ p["W4"] + p["b4"], 0)
         z = h4 @ p["W5"] + p["b5"]
-        zmax = z.max(axis=1, keepdims=True)
-        e = np.exp(z - zmax)
-        se = e.sum(axis=1, keepdims=True)
-        rows = np.arange(B)
-        loss = float(np.mean(np.log(se[:, 0]) + zmax[:, 0] - z[rows, y]))
-        dz = e / se
-        dz[rows, y] -= 1
-        dz /= B
+        loss, dz = softmax_ce(z, y)
 
         g = {"W5": h4.T @ dz, "b5": dz.sum(0)}
         d4 = (dz @ p["W5"].T) * (h4 > 0)

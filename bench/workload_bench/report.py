@@ -2,9 +2,11 @@
 goes with them (``versions`` of the peers, ``git_state`` of gradc, ``cpu_name``, ``loadavg``)."""
 import importlib
 import importlib.metadata as md
+import json
 import os
 import platform
 import subprocess
+import sys
 
 import numpy as np
 
@@ -247,3 +249,23 @@ def loadavg():
         return "/".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
         return "?"
+
+
+def log(msg):
+    """A progress line, on stderr (the report goes to stdout)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def write_report(out, stem, md_text, meta, results, plot_to=None):
+    """``OUT/STEM.md`` and ``OUT/STEM.json`` (the meta and results) written and the table printed;
+    with ``plot_to(path)``, the chart as ``OUT/STEM.png`` (a reason it could not be drawn is logged)."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, stem + ".md"), "w") as f:
+        f.write(md_text)
+    with open(os.path.join(out, stem + ".json"), "w") as f:
+        json.dump(dict(meta=meta, results=results), f, indent=1, default=float)
+    if plot_to is not None:
+        why = plot_to(os.path.join(out, stem + ".png"))
+        if why:
+            log(why)
+    print(md_text)

@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from ..lenet_numpy import lenet_trainer
+from ..lenet_numpy import lenet_trainer, softmax_ce
 from ..timing import Runner
 
 
@@ -61,14 +61,7 @@ def build_numpy(wl, dtype=None):
             loss = float(np.mean(np.maximum(s, 0) - s * y + np.log1p(np.exp(-np.abs(s)))))
             dz = ((0.5 + 0.5 * np.tanh(0.5 * s) - y) / B)[:, None]
         else:                                     # softmax cross-entropy
-            zmax = z.max(axis=1, keepdims=True)
-            e = np.exp(z - zmax)
-            se = e.sum(axis=1, keepdims=True)
-            rows = np.arange(B)
-            loss = float(np.mean(np.log(se[:, 0]) + zmax[:, 0] - z[rows, y]))
-            dz = e / se
-            dz[rows, y] -= 1
-            dz /= B
+            loss, dz = softmax_ce(z, y)
         grads = [None] * (2 * L)
         for li in range(L - 1, -1, -1):
             grads[2 * li] = hs[li].T @ dz
