@@ -29,6 +29,27 @@ def reductions(prog):
     return [s for s in prog.stages if s.red]
 
 
+def xy_data(seed, **draws):
+    """N samples of x (D,) and y from generator ``seed``; ``draws`` adds or replaces entries,
+    each a function of the generator."""
+    rng = np.random.default_rng(seed)
+    data = dict(x=rng.normal(size=(N, D)), y=rng.normal(size=N))
+    data.update({k: f(rng) for k, f in draws.items()})
+    return data
+
+
+def assert_matches_central_differences(m, data, param_seed, what):
+    """Model ``m`` compiled: its gradient on ``data`` against central differences; returns the
+    module and the parameters."""
+    mod = gc.compile_model(m)
+    params = mod.init_params(seed=param_seed)
+    _, g = mod.loss_and_grad(params, **data)
+    coords = all_coords(params)
+    assert_close(pick(g, coords), central_differences(mod, params, data, coords), FD_RTOL,
+                 coords=coords, what=what)
+    return mod, params
+
+
 def huber(r):
     return sp.Piecewise((r ** 2 / 2, sp.Abs(r) <= 1), (sp.Abs(r) - half, True))
 
@@ -104,14 +125,7 @@ def test_different_sums_are_not_merged():
     assert len(red) == 6, [str(s) for s in prog.stages]    # same, other_body, other_extent, Ax, ATx, the dot
     assert {s.name for s in red} >= {"Ax", "ATx"}
 
-    mod = gc.compile_model(m)
-    rng = np.random.default_rng(2)
-    data = dict(x=rng.normal(size=(N, D)), y=rng.normal(size=N))
-    params = mod.init_params(seed=3)
-    _, g = mod.loss_and_grad(params, **data)
-    coords = all_coords(params)
-    assert_close(pick(g, coords), central_differences(mod, params, data, coords), FD_RTOL,
-                 coords=coords, what="different sums vs FD")
+    assert_matches_central_differences(m, xy_data(2), 3, "different sums vs FD")
 
 
 def test_a_sum_shared_across_definitions_and_helpers():
@@ -137,14 +151,8 @@ def test_a_sum_shared_across_definitions_and_helpers():
     assert len(sums) == 4 and len(maxes) == 1, text
     assert prog.stage("t").body.has(sp.Symbol("s", real=True)), text
 
-    mod = gc.compile_model(m)
-    rng = np.random.default_rng(4)
-    data = dict(x=rng.normal(size=(N, D)), y=rng.uniform(size=N), label=rng.integers(0, 3, N).astype(np.int32))
-    params = mod.init_params(seed=5)
-    _, g = mod.loss_and_grad(params, **data)
-    coords = all_coords(params)
-    assert_close(pick(g, coords), central_differences(mod, params, data, coords), FD_RTOL,
-                 coords=coords, what="shared across definitions vs FD")
+    data = xy_data(4, y=lambda rng: rng.uniform(size=N), label=lambda rng: rng.integers(0, 3, N).astype(np.int32))
+    assert_matches_central_differences(m, data, 5, "shared across definitions vs FD")
 
 
 def test_an_intermediate_a_helper_makes_twice_is_made_once():
@@ -159,14 +167,7 @@ def test_an_intermediate_a_helper_makes_twice_is_made_once():
     text = [str(st) for st in prog.stages]
     assert sum("Max(0" in t for t in text) == 1 and len(reductions(prog)) == 3, text   # W @ x, V @ h, Q @ h
 
-    mod = gc.compile_model(m)
-    rng = np.random.default_rng(8)
-    data = dict(x=rng.normal(size=(N, D)), y=rng.normal(size=N))
-    params = mod.init_params(seed=9)
-    _, g = mod.loss_and_grad(params, **data)
-    coords = all_coords(params)
-    assert_close(pick(g, coords), central_differences(mod, params, data, coords), FD_RTOL,
-                 coords=coords, what="helper intermediate made once vs FD")
+    assert_matches_central_differences(m, xy_data(8), 9, "helper intermediate made once vs FD")
 
 
 def test_a_named_sum_after_the_same_inline_sum_is_a_copy_of_it():
@@ -181,14 +182,9 @@ def test_a_named_sum_after_the_same_inline_sum_is_a_copy_of_it():
     (red,) = reductions(prog)
     assert red.name != "s" and prog.stage("s").body == sp.Symbol(red.name, real=True)
 
-    mod = gc.compile_model(m)
-    rng = np.random.default_rng(6)
-    data = dict(x=rng.normal(size=(N, D)) / 3, y=rng.normal(size=N))
-    params = mod.init_params(seed=7)
-    _, g = mod.loss_and_grad(params, **data)
-    coords = all_coords(params)
-    assert_close(pick(g, coords), central_differences(mod, params, data, coords), FD_RTOL,
-                 coords=coords, what="named copy vs FD")
+    data = xy_data(6)
+    data["x"] /= 3
+    mod, params = assert_matches_central_differences(m, data, 7, "named copy vs FD")
     np.testing.assert_allclose(mod.forward(params, x=data["x"])["s"], data["x"] @ params["W"], rtol=1e-13)
 
 

@@ -89,3 +89,14 @@ def test_every_tile_size_gives_the_same_gradient(write_model, monkeypatch):
             lm = mod.loss(p, x=x, y=y)
             flat[j] = old
             assert abs((lp - lm) / (2 * h) - g[name].reshape(-1)[j]) < 1e-6, (name, j)
+
+
+def test_workspaces_start_on_a_cache_line(write_model):
+    """The runtime's workspaces start on a 64-byte boundary (a block-wide float32 vector never
+    straddles two cache lines), whatever alignment numpy gives."""
+    import gradc
+    mod = gradc.load(write_model(CONV), dtype="float32")
+    rt = mod.loss_and_grad.__self__          # the runtime object behind the module
+    for _ in range(5):
+        assert rt._aligned(1000).ctypes.data % 64 == 0
+    assert int(rt.ffi.cast("uintptr_t", rt._work())) % 64 == 0
