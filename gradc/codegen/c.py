@@ -533,8 +533,8 @@ class Builder:
         return LaneReduction(tuple(accs), tuple(pre_t), inner, tuple(body), tuple(post))
 
     def unroll(self, extent):
-        """How many outputs of a per-sample reduction one pass computes (a divisor of ``extent``:
-        8, 4 or 2), as many as the vector registers hold (``gradc.isa``)."""
+        """How many outputs of a per-sample reduction one pass computes: the largest divisor of
+        ``extent`` up to 8 whose accumulators the vector registers hold (``gradc.isa``)."""
         return _unroll(extent, min(8, self.isa.tile_budget(LANES, 4 if self.dtype == "float32" else 8)))
 
     def outer_updates(self, adj):
