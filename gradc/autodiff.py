@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from .errors import ModelError
-from .ir import read_symbol, reads, unflat
+from .ir import Stage, guarded, read_symbol, reads, unflat
 from .simplify import live_stages
 
 
@@ -121,6 +121,10 @@ def differentiate(prog):
             continue
         t = prog.tensors[st.name]
         updates = []
+        guard = guarded(st, t.shape)
+        if guard is not None:
+            adjoints.append(_guarded_adjoint(prog, st, guard, has_grad))
+            continue
         if st.elements is not None:
             for e, body in enumerate(st.elements):
                 g = adjoint_read(t, unflat(e, t.shape))
@@ -132,6 +136,20 @@ def differentiate(prog):
         adjoints.append(Adjoint(st, _merge(updates)))
     return Gradient(live, adjoints, has_grad)
 
+
+
+def _guarded_adjoint(prog, st, guard, has_grad):
+    """The backward pass of a guarded read (zero padding, ``P[i] = x[i - p]`` where ``p <= i <=
+    hi``): a nest over the box where the guard holds, shifted to start at 0, so that every
+    adjoint it writes is in range: ``dx[i] += dP[i + p]`` over x's elements."""
+    val, bounds = guard
+    t = prog.tensors[st.name]
+    sub = {k: k + bounds[k][0] for k in st.idx}
+    ups = [Update(u.tensor, tuple(sp.sympify(i).xreplace(sub) for i in u.idx), u.expr.xreplace(sub))
+           for u in _updates(prog, val, adjoint_read(t, st.idx), None, has_grad)]
+    box = tuple((k, bounds[k][1] - bounds[k][0] + 1) for k in st.idx)
+    nest = Stage(st.name, (), box, "sum", val.xreplace(sub), scope=st.scope, where=st.where)
+    return Adjoint(nest, _merge(ups))
 
 
 def _updates(prog, body, g, own, has_grad):

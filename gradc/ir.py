@@ -148,6 +148,76 @@ def unflat(e, shape):
     return tuple(reversed(idx))
 
 
+def guarded(st, shape):
+    """A guarded read, ``T[o] = value if lo <= o <= hi else 0`` (zero padding:
+    ``P[c, i, j] = x[c, i - 1, j - 1]`` where ``1 <= i <= H`` and ``1 <= j <= W``): ``(value,
+    {loop index: (first, last)})``, the values of each output index ``value`` is read for. The
+    reads in ``value`` need to be in range only there; the backward pass loops over that box
+    only, so no adjoint is written out of range. None for any other stage."""
+    if st.elements is not None or st.red or not isinstance(st.body, sp.Piecewise) or len(st.body.args) != 2:
+        return None
+    (val, cond), (other, last) = st.body.args
+    if last != True or other != 0 or val.has(sp.Sum):  # noqa: E712 (a SymPy boolean)
+        return None
+    bounds = {k: [0, n - 1] for k, n in zip(st.idx, shape)}
+    for rel in (cond.args if isinstance(cond, sp.And) else (cond,)):
+        if not isinstance(rel, (sp.Ge, sp.Gt, sp.Le, sp.Lt)):
+            return None
+        d = sp.expand(rel.lhs - rel.rhs)          # d >= 0, d > 0, d <= 0 or d < 0
+        terms = d.as_coefficients_dict()
+        var = [v for v in terms if v != 1]
+        if len(var) != 1 or var[0] not in bounds or terms[var[0]] not in (1, -1) \
+                or not sp.sympify(terms.get(sp.S.One, 0)).is_Integer:
+            return None
+        v, s, c = var[0], int(terms[var[0]]), int(terms.get(sp.S.One, 0))
+        if isinstance(rel, (sp.Le, sp.Lt)):       # as s*v + c >= 0
+            s, c = -s, -c
+        if isinstance(rel, (sp.Gt, sp.Lt)):
+            c -= 1
+        if s == 1:        # v >= -c
+            bounds[v][0] = max(bounds[v][0], -c)
+        else:             # v <= c
+            bounds[v][1] = min(bounds[v][1], c)
+    return val, {k: tuple(b) for k, b in bounds.items()}
+
+
+def index_range(e, ranges):
+    """The least and greatest value of the integer index ``e`` (affine in the loop indices, with
+    floor division and remainders by positive integers: ``f // 9``, ``(f % 9) // 3``) while each
+    loop index ``k`` runs over ``0 .. ranges[k] - 1``; ValueError when ``e`` is not of that form
+    or divides a value that can be negative (C's ``/`` and ``%`` truncate towards zero)."""
+    e = sp.sympify(e)
+    if e.is_Integer:
+        return int(e), int(e)
+    if e in ranges:
+        return 0, ranges[e] - 1
+    if isinstance(e, sp.Add):
+        lo = hi = 0
+        for a in e.args:
+            a_lo, a_hi = index_range(a, ranges)
+            lo, hi = lo + a_lo, hi + a_hi
+        return lo, hi
+    if isinstance(e, sp.Mul):
+        c, rest = e.as_coeff_Mul()
+        if c.is_Integer and not rest.is_Mul:
+            a, b = index_range(rest, ranges)
+            return (int(c) * a, int(c) * b) if c > 0 else (int(c) * b, int(c) * a)
+    if isinstance(e, sp.floor):
+        num, den = sp.fraction(sp.together(e.args[0]))
+        if den.is_Integer and den > 0:
+            a, b = index_range(num, ranges)
+            if a < 0:
+                raise ValueError(f"{num} can be negative ({a}), so its floor division is not C's")
+            return a // int(den), b // int(den)
+    if isinstance(e, sp.Mod) and e.args[1].is_Integer and e.args[1] > 0:
+        a, b = index_range(e.args[0], ranges)
+        n = int(e.args[1])
+        if a < 0:
+            raise ValueError(f"{e.args[0]} can be negative ({a}), so its remainder is not C's")
+        return (a % n, b % n) if a // n == b // n else (0, n - 1)
+    raise ValueError("an index must be affine in the loop indices, with // and % by positive integers")
+
+
 def read_symbol(t):
     """The SymPy object a read of tensor ``t`` is built from."""
     return sp.Symbol(t.name, **({"integer": True} if t.dtype == INT else {"real": True}))
@@ -200,6 +270,7 @@ class _Lowering:
 
     # ---- checks --------------------------------------------------------
     def check_symbols(self, expr, bound, where, what):
+        in_index = {n for r in expr.atoms(sp.Indexed) for i in r.indices for n in sp.preorder_traversal(i)}
         for node in sp.preorder_traversal(expr):
             if isinstance(node, sp.Sum):
                 for lim in node.limits:
@@ -227,6 +298,10 @@ class _Lowering:
                                  f"condition holds", where)
             elif isinstance(node, (sp.And, sp.Or, sp.Not, sp.logic.boolalg.ITE)):
                 pass                     # conditions of a Piecewise
+            elif isinstance(node, sp.Mod):
+                if node not in in_index:
+                    raise ModelError(f"in {what}: {node} (a remainder) may appear in tensor indices only, "
+                                     f"as in p[f // 9, f % 9]", where)
             elif isinstance(node, sp.core.function.Application):
                 if node.func not in SUPPORTED_FUNCTIONS:
                     raise ModelError(f"in {what}: unsupported function {node.func.__name__!r}; gradc compiles "
@@ -263,6 +338,15 @@ class _Lowering:
                 b = self.int_bounds.setdefault(name_i, [None] * size)
                 for j in (range(size) if elem is None else [elem]):
                     b[j] = n if b[j] is None else min(b[j], n)
+                continue
+            if e.has(sp.floor, sp.Mod):           # index arithmetic: p[f // 9, (f % 9) // 3, f % 3]
+                try:
+                    lo, hi = index_range(e, ranges)
+                except ValueError as err:
+                    raise ModelError(f"in {what}: index {e} of {name!r}: {err}", where)
+                if lo < 0 or hi >= n:
+                    raise ModelError(f"in {what}: index {e} of {t.kind} {name!r} runs over {lo}..{hi}, "
+                                     f"outside dimension {d} of size {n}", where)
                 continue
             lo = hi = 0
             for term, coeff in e.as_coefficients_dict().items():
@@ -480,9 +564,19 @@ class _Lowering:
                              f"runs {iterations:,} iterations per sample; gradc loops use 32-bit ints, which "
                              f"allow at most {MAX_ELEMENTS:,}", st.where)
         scope, terms = "batch", 0
+        guard = guarded(st, t.shape)
+        shift = {}
+        if guard is not None:       # reads in range only where the guard holds: over that box
+            for k, (lo, hi) in guard[1].items():
+                if hi < lo:
+                    raise ModelError(f"in {self.what[st.name]}: the guard of this padded read never holds "
+                                     f"for index {k} (it needs {lo} <= {k} <= {hi})", st.where)
+                shift[k] = k + lo
+                ranges[k] = hi - lo + 1
         for b in st.bodies():
             rs = reads(b, self.tensors)
             for name, idx, _ in rs:
+                idx = tuple(sp.sympify(e).xreplace(shift) for e in idx) if shift else idx
                 self.check_index(name, idx, ranges, st.where, self.what[st.name])
                 if self.tensors[name].scope == "sample":
                     scope = "sample"

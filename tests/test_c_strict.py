@@ -114,6 +114,37 @@ w = m.param("w", 2, init=gc.init.uniform(-1, 1))
 z = m.output("z", w[0] * x[0] + w[1] * x[1])
 m.loss((sp.erf(z) - y) ** 2 + sp.pi / 100 * w[0] ** 2)
 ''',
+    # zero padding (a guarded read: the backward pass writes no adjoint out of range) and a
+    # flatten by // and % (C's integer division and remainder)
+    "padflat": '''
+import sympy as sp
+import gradc as gc
+
+# zero padding (a guarded read) on the input and on a hidden map, then a flatten by // and %
+m = gc.Model("padflat")
+x, y = m.input("x", (2, 4, 4)), m.target("y")
+K1 = m.param("K1", (3, 2, 3, 3), init=gc.init.uniform(-0.5, 0.5))
+K2 = m.param("K2", (2, 3, 3, 3), init=gc.init.uniform(-0.5, 0.5))
+W = m.param("W", (1, 32), init=gc.init.uniform(-0.5, 0.5))
+
+
+def pad(t, C):
+    return m.define(m.auto_name(), (C, 6, 6), lambda c, i, j: sp.Piecewise(
+        (t[c, i - 1, j - 1], sp.And(i >= 1, i < 5, j >= 1, j < 5)), (0, True)))
+
+
+def conv(P, K, O, C):
+    c, k, l = m.fresh_index(), m.fresh_index(), m.fresh_index()
+    return m.define(m.auto_name(), (O, 4, 4), lambda o, i, j: sp.Sum(
+        K[o, c, k, l] * P[c, i + k, j + l], (c, 0, C - 1), (k, 0, 2), (l, 0, 2)))
+
+
+h = m.materialize(gc.tanh(conv(pad(x, 2), K1, 3, 2)))
+z = conv(pad(h, 3), K2, 2, 3)
+f = m.define("f", 32, lambda q: z[q // 16, (q % 16) // 4, q % 4])
+s = m.output("s", (W @ f)[0])
+m.loss((s - y) ** 2)
+''',
     # no m.output: forward has nothing to compute (it once left an unused variable behind)
     "noout": '''
 import gradc as gc

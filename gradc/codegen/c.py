@@ -102,7 +102,24 @@ class Printer(C99CodePrinter):
             return str(int(e))
         if isinstance(e, sp.Indexed) or (isinstance(e, sp.Symbol) and e.name in self.where):
             return self.read(e, cast=False)
+        if e.has(sp.floor, sp.Mod):
+            return self._int_index(e)
         return self._print(e)
+
+    def _int_index(self, e):
+        """Index arithmetic in C's ints: ``floor(f/9)`` is ``f / 9`` and ``Mod(f, 9)`` is ``f % 9``
+        (the IR has checked that what is divided is never negative: ``ir.index_range``)."""
+        if isinstance(e, sp.floor):
+            num, den = sp.fraction(sp.together(e.args[0]))
+            return f"(({self._int_index(num)}) / {int(den)})"
+        if isinstance(e, sp.Mod):
+            return f"(({self._int_index(e.args[0])}) % {int(e.args[1])})"
+        if isinstance(e, sp.Add):
+            return "(" + " + ".join(self._int_index(a) for a in e.args) + ")"
+        if isinstance(e, sp.Mul):
+            c, rest = e.as_coeff_Mul()
+            return f"({int(c)}*{self._int_index(rest)})"
+        return self.index(e)
 
     def read(self, e, cast=True):
         if isinstance(e, sp.Indexed):
