@@ -3,6 +3,15 @@ import os
 import sys
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+# SymPy's own frames are not the user's line either (sp.exp(tensor) fails inside sympify)
+_SKIP = [_PKG_DIR + os.sep]
+try:
+    import importlib.util as _ilu
+    _spec = _ilu.find_spec("sympy")
+    if _spec is not None and _spec.origin:
+        _SKIP.append(os.path.dirname(os.path.abspath(_spec.origin)) + os.sep)
+except (ImportError, ValueError):
+    pass
 
 
 class GradcError(Exception):
@@ -67,7 +76,7 @@ def user_location():
     f = sys._getframe(1)
     while f is not None:
         fn = os.path.abspath(f.f_code.co_filename)
-        if not fn.startswith(_PKG_DIR + os.sep) and "importlib" not in fn:
+        if not any(fn.startswith(d) for d in _SKIP) and "importlib" not in fn:
             return (f.f_code.co_filename, f.f_lineno)
         f = f.f_back
     return None

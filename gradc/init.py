@@ -34,17 +34,18 @@ def normal(mean=0.0, std=1.0):
 
 
 def linear(fan_in=None):
-    """PyTorch ``nn.Linear``'s default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    """PyTorch ``nn.Linear``'s and ``nn.Conv2d``'s default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 
-    ``fan_in`` defaults to the last dimension of the parameter's shape (a
-    weight stored as (fan_out, fan_in)); give it for a bias:
+    ``fan_in`` defaults to the product of the parameter's trailing dimensions (a
+    weight stored as (fan_out, fan_in), or a kernel as (out, in, kh, kw)); give it for a bias:
     ``m.param("b", 16, init=gc.init.linear(fan_in=2))``.
     """
     return {"kind": "linear", "fan_in": None if fan_in is None else int(fan_in)}
 
 
 def xavier_uniform():
-    """Glorot: U(-a, a), a = sqrt(6 / (fan_in + fan_out)), for a 2-D weight (fan_out, fan_in)."""
+    """Glorot: U(-a, a), a = sqrt(6 / (fan_in + fan_out)), for a weight (fan_out, fan_in, ...):
+    as PyTorch, both fans count the trailing dimensions of a kernel (its receptive field)."""
     return {"kind": "xavier_uniform"}
 
 
@@ -65,7 +66,13 @@ def draw(spec, shape, rng, dtype):
 
 
 def _fan_in(shape):
-    return shape[-1] if shape else 1
+    """As PyTorch: the product of every dimension but the first (a scalar or vector: its last)."""
+    if len(shape) < 2:
+        return shape[-1] if shape else 1
+    n = 1
+    for s in shape[1:]:
+        n *= s
+    return n
 
 
 def _linear(spec, shape, rng):
@@ -75,7 +82,10 @@ def _linear(spec, shape, rng):
 
 
 def _xavier(spec, shape, rng):
-    fan_out = shape[0] if shape else 1
+    receptive = 1
+    for s in shape[2:]:
+        receptive *= s
+    fan_out = shape[0] * receptive if shape else 1
     a = math.sqrt(6.0 / (_fan_in(shape) + fan_out))
     return rng.uniform(-a, a, size=shape)
 

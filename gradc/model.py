@@ -137,15 +137,71 @@ class TensorExpr:
         return len(self.shape)
 
     def __getitem__(self, idx):
+        """An element (``h[2]``, ``W[i, k]``: a SymPy expression) or, NumPy style, a view: slices
+        (``x[2:5]``, ``h[:, 0]``, ``x[::2]``), fewer indices than the rank (``W[0]`` is a row),
+        ``...`` and negative integers; a view is a tensor expression."""
         if not isinstance(idx, tuple):
             idx = (idx,)
-        if len(idx) != self.rank:
-            raise ModelError(f"{self._label()} has rank {self.rank} but was indexed with {len(idx)} indices")
-        idx = tuple(sp.sympify(i) for i in idx)
-        for d, (i, n) in enumerate(zip(idx, self.shape)):
+        if any(i is Ellipsis for i in idx):
+            if sum(i is Ellipsis for i in idx) > 1:
+                raise ModelError(f"{self._label()} was indexed with more than one '...'")
+            e = idx.index(Ellipsis)
+            idx = idx[:e] + (slice(None),) * (self.rank - (len(idx) - 1 - idx.count(None))) + idx[e + 1:]
+        if len(idx) - idx.count(None) > self.rank:
+            raise ModelError(f"{self._label()} has rank {self.rank} but was indexed with "
+                             f"{len(idx) - idx.count(None)} indices")
+        idx = idx + (slice(None),) * (self.rank - len(idx) + idx.count(None))
+        view = any(isinstance(i, slice) or i is None for i in idx)
+        parts = []       # per dimension: ("at", expr), ("range", start, step, count) or ("new", ..)
+        dims = iter(enumerate(self.shape))
+        for i in idx:
+            if i is None:            # a new axis of size 1, as x[:, None] in NumPy
+                parts.append(("new", 0, 0, 1))
+                continue
+            d, n = next(dims)
+            if isinstance(i, slice):
+                for v in (i.start, i.stop, i.step):
+                    if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+                        raise ModelError(f"a slice of {self._label()} needs int bounds, got {i}")
+                if i.step == 0:
+                    raise ModelError(f"a slice of {self._label()} needs a nonzero step, got {i}")
+                r = range(n)[i]
+                if len(r) == 0:
+                    raise ModelError(f"the slice {i.start}:{i.stop}:{i.step} of dimension {d} of "
+                                     f"{self._label()} is empty")
+                parts.append(("range", r.start, r.step, len(r)))
+                continue
+            if isinstance(i, (TensorExpr, sp.MatrixBase, list, tuple, slice)) or hasattr(i, "__array__"):
+                raise ModelError(f"index {d} of {self._label()} must be an int, an index symbol or a slice, "
+                                 f"not {type(i).__name__} (to gather rows by a vector of ids, use gc.embedding)")
+            if isinstance(i, int) and not isinstance(i, bool) and -n <= i < 0:
+                i += n          # x[-1], as in NumPy
+            try:
+                i = sp.sympify(i)
+            except (sp.SympifyError, TypeError):
+                raise ModelError(f"index {d} of {self._label()} must be an int or an index symbol, not {i!r}")
             if i.is_Integer and not 0 <= int(i) < n:
                 raise ModelError(f"index {i} out of range for dimension {d} of {self._label()} (size {n})")
-        return self.fn(*idx)
+            parts.append(("at", i))
+        if not view:
+            return self.fn(*(p[1] for p in parts))
+        shape = tuple(p[3] for p in parts if p[0] != "at")
+
+        def fn(*j):
+            j, out = list(j), []
+            for p in parts:
+                if p[0] == "new":
+                    j.pop(0)
+                else:
+                    out.append(p[1] if p[0] == "at" else p[1] + p[2] * j.pop(0))
+            return self.fn(*out)
+        return TensorExpr(self.model, shape, fn)
+
+    def _sympy_(self):
+        # a tensor given to a SymPy function (sp.exp(t)) or mixed into a SymPy expression: say what
+        # to write instead. A SympifyError too, so that ``2 * sp.Symbol("a") * t`` still reaches
+        # TensorExpr.__rmul__ (SymPy's operators try sympify first and step aside on that error)
+        raise TensorInSymPy(self)
 
     def _label(self):
         return "tensor expression of shape %s" % (self.shape,)
@@ -154,16 +210,14 @@ class TensorExpr:
         """Apply ``f`` (SymPy expr -> SymPy expr) to every element: ``h = z.map(sp.tanh)``."""
         return TensorExpr(self.model, self.shape, lambda *i: f(self.fn(*i)))
 
-    # elementwise arithmetic, with rank-0 operands broadcast
+    # elementwise arithmetic, broadcast as NumPy does (trailing dimensions aligned, size 1 stretched)
     def _zip(self, other, f, opname):
         if isinstance(other, TensorExpr):
             if other.shape == self.shape:
                 return TensorExpr(self.model, self.shape, lambda *i: f(self.fn(*i), other.fn(*i)))
-            if other.rank == 0:
-                return TensorExpr(self.model, self.shape, lambda *i: f(self.fn(*i), other.fn()))
-            if self.rank == 0:
-                return TensorExpr(self.model, other.shape, lambda *i: f(self.fn(), other.fn(*i)))
-            raise ModelError(f"mismatched shapes for {opname}: {self.shape} and {other.shape}")
+            shape = broadcast_shapes(self.shape, other.shape, opname)
+            a, b = _stretch(self, shape), _stretch(other, shape)
+            return TensorExpr(self.model, shape, lambda *i: f(a(*i), b(*i)))
         if isinstance(other, sp.MatrixBase):
             raise ModelError(f"cannot combine a tensor of shape {self.shape} with a sympy Matrix; use T.M for matrix style")
         try:
@@ -197,12 +251,78 @@ class TensorExpr:
             return NotImplemented
         return self.model._matmul(self, other)
 
-    def sum(self):
-        """The sum of all elements, as a SymPy expression (``sp.Sum``)."""
-        idx = [self.model.fresh_index() for _ in self.shape]
-        if not idx:
-            return self.fn()
-        return sp.Sum(self.fn(*idx), *[(k, 0, n - 1) for k, n in zip(idx, self.shape)])
+    def sum(self, axis=None):
+        """The sum of all elements, a SymPy expression (``sp.Sum``); over ``axis`` (an int or a
+        tuple, negative counting from the end, as NumPy), a tensor expression of the rest:
+        ``W.sum(1)`` is the vector of row sums."""
+        axes = self._axes(axis, "sum")
+        keep = [d for d in range(self.rank) if d not in axes]
+        shape = tuple(self.shape[d] for d in keep)
+
+        def fn(*o):
+            idx = [self.model.fresh_index() for _ in axes]
+            full = dict(zip(keep, o))
+            full.update(zip(axes, idx))
+            body = self.fn(*(full[d] for d in range(self.rank)))
+            return sp.Sum(body, *[(k, 0, self.shape[d] - 1) for k, d in zip(idx, axes)]) if idx else body
+        return TensorExpr(self.model, shape, fn) if keep else fn()
+
+    def mean(self, axis=None):
+        """The mean of all elements, or over ``axis`` (see ``sum``): ``x.mean()``, ``h.mean(-1)``."""
+        n = 1
+        for d in self._axes(axis, "mean"):
+            n *= self.shape[d]
+        return self.sum(axis) / n
+
+    def _axes(self, axis, what):
+        if axis is None:
+            return tuple(range(self.rank))
+        axes = axis if isinstance(axis, tuple) else (axis,)
+        out = []
+        for a in axes:
+            if not isinstance(a, int) or isinstance(a, bool) or not -self.rank <= a < self.rank:
+                raise ModelError(f"{what}: axis {a!r} is not a dimension of {self._label()}")
+            out.append(a % self.rank)
+        if len(set(out)) != len(out):
+            raise ModelError(f"{what}: axis {axis!r} names a dimension twice")
+        return tuple(sorted(out))
+
+    def reshape(self, *shape):
+        """The same elements in row-major order under another shape (``-1``: the one size that
+        fits): ``p.reshape(-1)`` flattens a (C, H, W) map, read through ``//`` and ``%``."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        n = 1
+        for s in self.shape:
+            n *= s
+        if sum(1 for s in shape if s == -1) > 1:
+            raise ModelError(f"reshape: at most one -1, got {shape}")
+        known = 1
+        for s in shape:
+            if s != -1:
+                known *= s if isinstance(s, int) and s > 0 else 0
+        if known == 0 or n % known:
+            raise ModelError(f"reshape: cannot view {self._label()} ({n} elements) as {shape}")
+        shape = _shape(tuple(n // known if s == -1 else s for s in shape), "reshape")
+        if shape == self.shape:
+            return self
+        src = self.model.materialize(self)
+
+        def fn(*j):
+            flat = 0
+            for i, s in zip(j, shape):
+                flat = flat * s + i
+            idx, stride = [], n
+            for s in src.shape:
+                stride //= s
+                idx.append(sp.floor(flat / stride) if stride > 1 else flat)
+                idx[-1] = sp.Mod(idx[-1], s) if len(idx) > 1 else idx[-1]
+            return src.fn(*idx)
+        return TensorExpr(self.model, shape, fn)
+
+    def flatten(self):
+        """``reshape(-1)``: the elements as a vector, row-major."""
+        return self.reshape(-1)
 
     def __iter__(self):
         raise TypeError("tensor expressions are not iterable; index them (T[i]) or use T.M")
@@ -292,7 +412,16 @@ class Model:
         return self._declare(name, "target", shape, self._dtype(dtype, f"target {name!r}"))
 
     def param(self, name, shape=(), init=None):
-        """A trainable parameter: ``W = m.param("W", (16, 2), init=gc.init.uniform(-1, 1))``."""
+        """A trainable parameter: ``W = m.param("W", (16, 2), init=gc.init.uniform(-1, 1))``.
+
+        Without ``init``, a parameter starts as PyTorch starts the same layer's:
+        a weight (rank 2 or more, stored (fan_out, fan_in, ...) as PyTorch stores a linear or
+        convolution weight) is drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in the product
+        of its trailing dimensions (``gc.init.linear()``); a vector or a scalar (a bias, a scale)
+        starts at zero, since its fan-in is not its own. ``init=0`` asks for zeros on purpose.
+        """
+        if init is None:
+            init = _init.linear() if len(_shape(shape, f"param {name!r}")) >= 2 else 0
         try:
             spec = _init.as_spec(init)
         except TypeError as e:
@@ -457,6 +586,70 @@ class Model:
 
     def __repr__(self):
         return f"<gradc.Model {self.name!r}: {len(self.decls)} tensors>"
+
+
+class TensorInSymPy(ModelError, sp.SympifyError):
+    """A tensor expression where SymPy needs a scalar (``sp.exp(t)``): names the gradc way."""
+
+    def __init__(self, t):
+        cls = _sympy_caller()
+        f = cls.__name__ if cls is not None else None
+        if f is None:
+            msg = (f"{t._label()} was used where SymPy needs a scalar; index it (t[i]), reduce it "
+                   f"(t.sum()), or apply a function to each element with gc.exp(t) or t.map(f)")
+        elif f.lower() in _ELEMENTWISE:
+            msg = f"sympy.{f} was given {t._label()}; SymPy functions take scalars. For every element use gc.{f.lower()}(t)"
+        elif getattr(cls, "nargs", None) == sp.FiniteSet(1):
+            msg = (f"sympy.{f} was given {t._label()}; SymPy functions take scalars. For every element use "
+                   f"t.map(sympy.{f}), or gc.elementwise(sympy.{f})(t)")
+        else:
+            msg = (f"sympy.{f} was given {t._label()}; SymPy functions take scalars. For every element use "
+                   f"t.map(lambda e: sympy.{f}(e, ...))" + (", or gc.relu(t) for Max(0, t)" if f == "Max" else ""))
+        ModelError.__init__(self, msg)
+
+
+# the gradc helpers named after a SymPy function, suggested when that function is given a tensor
+_ELEMENTWISE = ("exp", "log", "tanh", "sqrt", "abs", "sigmoid", "softplus")
+
+
+def _sympy_caller():
+    """The SymPy function whose construction is sympifying a tensor, if any."""
+    import inspect
+    frame = inspect.currentframe()
+    try:
+        for _ in range(12):
+            frame = frame.f_back
+            if frame is None:
+                return None
+            cls = frame.f_locals.get("cls")
+            if frame.f_code.co_name == "__new__" and isinstance(cls, type) and issubclass(cls, sp.Basic) \
+                    and cls.__module__.startswith("sympy.functions"):
+                return cls
+    finally:
+        del frame
+    return None
+
+
+def broadcast_shapes(a, b, opname="an operation"):
+    """The shape NumPy broadcasts ``a`` and ``b`` to, or a ModelError naming both."""
+    out = []
+    for d in range(1, max(len(a), len(b)) + 1):
+        x = a[-d] if d <= len(a) else 1
+        y = b[-d] if d <= len(b) else 1
+        if x != y and 1 not in (x, y):
+            raise ModelError(f"mismatched shapes for {opname}: {a} and {b} (they do not broadcast: "
+                             f"size {x} against {y} in the dimension {d} from the end)")
+        out.append(max(x, y))
+    return tuple(reversed(out))
+
+
+def _stretch(t, shape):
+    """``t``'s element function over the broadcast ``shape``."""
+    lead = len(shape) - t.rank
+
+    def fn(*i):
+        return t.fn(*(sp.S.Zero if n == 1 else k for k, n in zip(i[lead:], t.shape)))
+    return fn
 
 
 def _infer_shape(body):
