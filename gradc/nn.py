@@ -16,25 +16,43 @@ from .functions import PRIMITIVES, Sigmoid, Softplus
 from .model import ModelError, Tensor, TensorExpr, current_model
 
 
-def elementwise(f):
-    """Lift a scalar SymPy function to tensors and matrices: ``gelu = elementwise(lambda x: ...)``."""
+def elementwise(f, name=None, doc=None):
+    """Lift a scalar SymPy function to tensors and matrices: ``gelu = elementwise(lambda x: ...)``.
+
+    The helper applies ``f`` to a SymPy expression, to each element of a ``sympy.Matrix`` and,
+    lazily, to each element of a tensor expression. ``name`` and ``doc`` name and describe it
+    (by default ``f``'s own, except a SymPy function's, whose long docstring is SymPy's business).
+    """
     def apply(x):
         if isinstance(x, TensorExpr):
             return x.map(f)
         if isinstance(x, sp.MatrixBase):
             return x.applyfunc(f)
         return f(sp.sympify(x))
-    apply.__doc__ = f.__doc__
+    own = getattr(f, "__name__", None)
+    from_sympy = isinstance(f, type) or (getattr(f, "__module__", None) or "").startswith("sympy")
+    name = name or (own if own and own != "<lambda>" else "apply")
+    if doc is None:
+        doc = (f"{name}(x), elementwise (gradc.nn.elementwise over sympy.{own})" if from_sympy
+               else f.__doc__)
+    apply.__name__ = apply.__qualname__ = name
+    apply.__doc__ = doc
     return apply
 
 
-relu = elementwise(lambda x: sp.Max(0, x))
-relu.__doc__ = "max(0, x); relu'(0) = 0 as in PyTorch."
-tanh = elementwise(sp.tanh)
-exp = elementwise(sp.exp)
-log = elementwise(sp.log)
-sqrt = elementwise(sp.sqrt)
-abs = elementwise(sp.Abs)
+def _doc(formula, how):
+    """A helper's docstring: its formula, what it accepts, and how gradc builds it."""
+    return (f"{formula}\n\nElementwise: takes a SymPy expression, a sympy.Matrix or a gradc tensor expression\n"
+            f"(``gradc.nn.elementwise`` over {how}); the compiler differentiates it.")
+
+
+relu = elementwise(lambda x: sp.Max(0, x), "relu",
+                   _doc("relu(x) = max(0, x); relu'(0) = 0 as in PyTorch.", "``sympy.Max(0, x)``"))
+tanh = elementwise(sp.tanh, "tanh", _doc("tanh(x), the hyperbolic tangent.", "``sympy.tanh``"))
+exp = elementwise(sp.exp, "exp", _doc("exp(x) = e**x.", "``sympy.exp``"))
+log = elementwise(sp.log, "log", _doc("log(x), the natural logarithm (x > 0).", "``sympy.log``"))
+sqrt = elementwise(sp.sqrt, "sqrt", _doc("sqrt(x), the square root (x >= 0).", "``sympy.sqrt``"))
+abs = elementwise(sp.Abs, "abs", _doc("abs(x) = |x|.", "``sympy.Abs``"))
 
 
 def _primitive_helpers():
@@ -43,8 +61,7 @@ def _primitive_helpers():
     out = {}
     for p in PRIMITIVES:
         if p.api:
-            f = elementwise(p.sympy)
-            f.__name__, f.__doc__ = p.api, p.doc
+            f = elementwise(p.sympy, p.api, _doc(f"{p.api}(x) = {p.doc}", f"gradc's primitive ``{p.name}``"))
             out[p.api] = f
     return out
 
