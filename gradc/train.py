@@ -323,6 +323,27 @@ def _checked_early(est, best, params, bad):
     return dict(est), best
 
 
+def _saved_split(st, n, path):
+    """A checkpoint's validation split record ``{fraction, seed, n, rows}``, checked against ``n``
+    training samples, or None (no split, or a checkpoint written before splits were recorded)."""
+    sp = st.get("split") if isinstance(st, dict) else None
+    if sp is None:
+        return None
+    bad = ValueError(f"checkpoint {path}: its validation split record is damaged")
+    if not isinstance(sp, dict) or not {"fraction", "seed", "n", "rows"} <= set(sp):
+        raise bad
+    rows = sp["rows"]
+    if not _is_real(sp["fraction"]) or not 0 < sp["fraction"] < 1 or not isinstance(rows, np.ndarray) \
+            or rows.dtype.kind not in "iu" or rows.ndim != 1 or not isinstance(sp["n"], int):
+        raise bad
+    if sp["n"] != n:
+        raise ValueError(f"checkpoint {path}: its run split {sp['n']} samples into training and validation, "
+                         f"this data has {n}: resume with the same data")
+    if len(rows) == 0 or len(np.unique(rows)) != len(rows) or rows.min() < 0 or rows.max() >= n:
+        raise bad
+    return dict(sp, rows=rows.astype(np.int64))
+
+
 # ---- the loop ------------------------------------------------------------------
 
 def _progress(enabled, total):
@@ -514,8 +535,9 @@ class Trainer:
         """
         return predict(self.module, self.params, data, batch_size, mc_samples=mc_samples, seed=seed)
 
-    def evaluate(self, data, prefix="", sample_weight=None):
-        """The metrics on ``data``: ``{"loss": ..., "accuracy": ...}`` (evaluation mode).
+    def evaluate(self, data, prefix="", sample_weight=None, metrics=None):
+        """The metrics on ``data``: ``{"loss": ..., "accuracy": ...}`` (evaluation mode); ``metrics``
+        (default: the trainer's) names which.
 
         With ``sample_weight`` (one value >= 0 per sample) each metric is weighted: the loss is
         ``sum w l / sum w`` plus regularization, accuracy, AUC and MSE as scikit-learn weighs them.
@@ -524,7 +546,7 @@ class Trainer:
         logs, out = {}, None
         n = len(next(iter(data.values())))
         w = combined_weights(n, sample_weight, None, None, "sample_weight")
-        for mt in self.metrics:
+        for mt in self.metrics if metrics is None else metrics:
             if mt == "loss":
                 total = 0.0
                 wn = None if w is None else w * (n / float(np.sum(w)))      # mean 1
@@ -542,16 +564,44 @@ class Trainer:
             if callable(mt):
                 logs[prefix + getattr(mt, "__name__", "metric")] = float(mt(out, data))
             else:
-                if self.output is None or self.target is None:
-                    raise ValueError(f"metric {mt!r} needs output= and target= (the model has several)")
+                self._check_metrics()
                 logs[prefix + mt] = _metrics.METRICS[mt](out[self.output], data[self.target], sample_weight=w)
         return logs
+
+    @property
+    def val_split(self):
+        """The fraction of the data ``fit`` holds out for validation (given, or restored from the
+        checkpoint it resumed), or None."""
+        return getattr(self, "_val_split", None)
+
+    def _check_metrics(self):
+        """Refuse a named metric (accuracy, ...) the model cannot give: it needs one output and one target."""
+        named = [mt for mt in self.metrics if isinstance(mt, str) and mt != "loss"]
+        if not named or (self.output is not None and self.target is not None):
+            return
+        mt, m = named[0], self.module
+        for what, names, how in (("output", m.output_shapes, 'm.output("score", expr)'),
+                                 ("target", m.target_shapes, 'm.target("y")')):
+            if not names:
+                raise ValueError(f"metric {mt!r} compares the model's {what} with its target, but the model has "
+                                 f"no {what}: name one in the model file with {how}")
+        for what, names, picked in (("output", m.output_shapes, self.output), ("target", m.target_shapes, self.target)):
+            if picked is None:
+                raise ValueError(f"metric {mt!r} needs one {what}, but the model has several ({', '.join(names)}): "
+                                 f"pass {what}= to choose one")
+
+    def metrics_on_training_data(self, val_data):
+        """Whether ``fit`` computes the metrics on the training data: named metrics (beyond the
+        running ``loss``) and no validation data. They are logged as ``train_<metric>``."""
+        return val_data is None and any(mt != "loss" for mt in self.metrics)
 
     # ---- state ---------------------------------------------------------
     def state(self):
         st = dict(epoch=self.epoch, step=self.step_count, seed=self.seed,
                   rng=self.rng.bit_generator.state, history=dict(self.history),
                   optimizer=self.optimizer.state_dict(), settings=self.settings())
+        if getattr(self, "_split", None) is not None:
+            st["split"] = self._split
         if self.scheduler is not None:
             st["scheduler"] = self.scheduler.state_dict()
         if self.dp is not None:
@@ -597,7 +647,7 @@ class Trainer:
                         f"continue that run (keep {key} {was!r}, or start a new run from its parameters)")
         return None
 
-    def restore(self, path):
+    def restore(self, path, *, _loaded=None):
         """Resume from a checkpoint written by ``save``: parameters, optimizer, schedule, RNG, history.
 
         The optimizer's hyperparameters and learning rates come from the checkpoint. A checkpoint
@@ -608,7 +658,7 @@ class Trainer:
         All or nothing: everything is checked first, then applied; a checkpoint that fails any
         check leaves the trainer as it was.
         """
-        params, st = load_checkpoint(path, self.module)
+        params, st = _loaded if _loaded is not None else load_checkpoint(path, self.module)
         bad = lambda why: ValueError(f"checkpoint {path}: {why}")  # noqa: E731
         if not isinstance(st, dict):
             raise bad("its training state is not a record")
@@ -792,6 +842,11 @@ class Trainer:
         ``val_split`` the held-out part keeps its ``sample_weight``; ``val_sample_weight`` weights
         given ``val_data``. The validation metrics (loss, accuracy, AUC, MSE) are weighted by those
         sample weights; ``class_weight`` applies to training only, as in Keras.
+
+        Metrics beyond ``loss`` (accuracy, AUC, ...) are computed on the validation data
+        (``val_accuracy``); without validation data, on the training data after each epoch, in
+        evaluation mode (``train_accuracy``). A resumed run (``resume``) holds out the rows its
+        checkpoint held out: the split is stored in the checkpoint and need not be given again.
         """
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs must be a whole number >= 0, not {epochs!r}")
@@ -806,7 +861,13 @@ class Trainer:
         if class_weight is not None and self.target is None:
             raise ValueError("class_weight needs the target that holds the labels: pass target=")
         weights = combined_weights(n, sample_weight, None, None, "sample_weight")
-        self._val_split = val_split
+        loaded, saved_split = None, None
+        if resume is not None and self.dist is None:
+            loaded = load_checkpoint(resume, self.module)        # read once; restore() applies it below
+            saved_split = _saved_split(loaded[1], n, resume)
+            if val_split is None and val_data is None and saved_split is not None:
+                val_split = saved_split["fraction"]        # the checkpoint's split, not given again
+        self._val_split, self._split = val_split, None
         if val_split is not None:
             if val_data is not None:
                 raise ValueError("give val_data or val_split, not both")
@@ -814,6 +875,12 @@ class Trainer:
                 raise ValueError(f"val_split must be between 0 and 1, got {val_split}")
             perm = np.random.default_rng(self.seed + 1).permutation(n)
             n_val = max(1, int(round(n * val_split)))
+            if saved_split is not None and saved_split["fraction"] == val_split:
+                rows = saved_split["rows"]          # the very rows the checkpoint's run held out
+                perm = np.concatenate([rows, np.setdiff1d(perm, rows, assume_unique=True)])
+                n_val = len(rows)
+            self._split = dict(fraction=float(val_split), seed=int(self.seed) + 1, n=int(n),
+                               rows=np.asarray(perm[:n_val], dtype=np.int64))
             val_data = {k: v[perm[:n_val]] for k, v in data.items()}
             data = {k: v[perm[n_val:]] for k, v in data.items()}
             if val_sample_weight is not None:
@@ -821,6 +888,7 @@ class Trainer:
                                  "its sample_weight")
             if weights is not None:
                 weights, val_sample_weight = weights[perm[n_val:]], weights[perm[:n_val]]
+        train_sample_weight = weights      # the training metrics' weights: class_weight is for training only
         if class_weight is not None:      # counted on the training part, as scikit-learn does
             labels = data[self.target]
             cw = combined_weights(len(labels), None, class_weight, labels, "class_weight")
@@ -840,12 +908,14 @@ class Trainer:
         if isinstance(early_stopping, int) and not isinstance(early_stopping, bool):
             early_stopping = EarlyStopping("val_loss" if val_data is not None else "loss", patience=early_stopping)
         self.early = early_stopping
+        self._check_metrics()
+        on_train = self.metrics_on_training_data(val_data)
         callbacks = self.callbacks + ([early_stopping] if early_stopping is not None else [])
         if self.dist is not None:     # every rank restores, then the ranks compare their state and data
             from .distributed import begin
             begin(self, data, val_data, resume)
         elif resume is not None:
-            self.restore(resume)
+            self.restore(resume, _loaded=loaded)
         bar = _progress(self.progress, epochs)
         if bar is not None:
             bar.update(self.epoch)
@@ -859,6 +929,9 @@ class Trainer:
                 logs = self.train_epoch(data)
                 if val_data is not None:
                     logs.update(self.evaluate(val_data, prefix="val_", sample_weight=self._val_weights))
+                elif on_train:          # no validation data: the metrics asked for, on the training data
+                    logs.update(self.evaluate(data, prefix="train_", sample_weight=train_sample_weight,
+                                              metrics=[mt for mt in self.metrics if mt != "loss"]))
                 logs["lr"] = float(next(iter(self.optimizer.lr.values()), float("nan")))
                 logs["seconds"] = time.perf_counter() - t0
                 logs["epoch"] = self.epoch
