@@ -63,8 +63,12 @@ def _parser():
                         "given: a given --lr other than the checkpoint's replaces it, and gradc says so")
     t.add_argument("--weight-decay", type=float, default=None)
     t.add_argument("--momentum", type=float, default=None, help="for sgd and rmsprop")
-    t.add_argument("--val-split", type=float, default=None, help="fraction of the data held out for validation")
-    t.add_argument("--metrics", default="loss", help="comma-separated: loss, accuracy, mse, rmse, auc")
+    t.add_argument("--val-split", type=float, default=None,
+                   help="fraction of the data held out for validation (with --resume: the checkpoint's, "
+                        "which need not be given again)")
+    t.add_argument("--metrics", default="loss",
+                   help="comma-separated: loss, accuracy, mse, rmse, auc; on the validation data (val_...) "
+                        "with --val-split, else on the training data (train_...)")
     t.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
     t.add_argument("--sample-weight", default=None, metavar="ARRAY",
                    help="weight each sample's loss by this array of --data (one value >= 0 per sample)")
@@ -77,7 +81,8 @@ def _parser():
     t.add_argument("--resume", default=None,
                    help="resume from this checkpoint; it must be the same run: a changed --optimizer, "
                         "--batch-size, --freeze, --val-split, --seed (with --val-split), --dtype, --momentum "
-                        "or --weight-decay is refused, naming the setting (only --lr and --epochs may change)")
+                        "or --weight-decay is refused, naming the setting (only --lr and --epochs may change); "
+                        "the validation split is the checkpoint's, the same rows held out")
     t.add_argument("--init", default=None, help="start from the parameters of this checkpoint (fine-tuning)")
     t.add_argument("--freeze", default="", help="comma-separated parameters to keep fixed (not all of them)")
     t.add_argument("--nan", choices=("stop", "skip"), default="stop",
@@ -94,8 +99,25 @@ def _parser():
     return p
 
 
+def shadowing(cwd=None):
+    """What in ``cwd`` would shadow this gradc for Python run there (``import gradc`` would import
+    it instead), as a path, or None: a ``gradc.py``, or a ``gradc/`` package that is not this one."""
+    cwd = cwd or os.getcwd()
+    ours = os.path.dirname(os.path.abspath(__file__))
+    mod, pkg = os.path.join(cwd, "gradc.py"), os.path.join(cwd, "gradc")
+    if os.path.isfile(mod):
+        return mod
+    if os.path.isfile(os.path.join(pkg, "__init__.py")) and os.path.realpath(pkg) != os.path.realpath(ours):
+        return pkg + os.sep
+    return None
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
+    shadow = shadowing()
+    if shadow is not None:      # this process has gradc; a script run here with python would not
+        print(f"gradc: warning: {shadow} shadows the gradc package for Python run in this folder (there "
+              "`import gradc` imports it, not gradc: rename it)", file=sys.stderr)
     try:
         return {"compile": cmd_compile, "show": cmd_show, "train": cmd_train, "export": cmd_export}[args.cmd](args)
     except (ModelError, OutputError) as e:
@@ -279,6 +301,14 @@ def cmd_train(args):
             start["epoch"] = trainer.epoch
             if args.resume:
                 _resumed_settings(trainer, args, opt_kw, root)
+            named = [m for m in trainer.metrics if m != "loss"]
+            if named and trainer.val_split is None and root and not args.quiet:
+                print(f"gradc: no --val-split: {', '.join(named)} on the training data "
+                      f"({', '.join('train_' + m for m in named)}); add --val-split 0.2 to hold out data "
+                      "for validation", flush=True)
+            elif args.resume and args.val_split is None and trainer.val_split is not None and root:
+                print(f"gradc: resuming with the checkpoint's validation split ({trainer.val_split:g}, the same "
+                      "rows held out)", flush=True)
 
         def on_epoch_end(self, trainer, epoch, logs):
             if not args.quiet and root:
