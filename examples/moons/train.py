@@ -5,10 +5,12 @@
 Compiles examples/moons/model.py (or takes it from the cache), makes the
 two-moons data (100 points, noise 0.1) and trains with micrograd's schedule
 lr_k = 1.0 - 0.9 * k / 100, then draws the decision boundary when
-matplotlib is installed.
+matplotlib is installed (``pip install matplotlib``). It prints where the
+compiled module lives (gradc's build cache) and where the picture went.
 """
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
@@ -64,7 +66,7 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     moons = gradc.load(os.path.join(HERE, "model.py"), dtype=args.dtype)
-    print(f"compiled (or loaded) in {time.perf_counter() - t0:.2f} s")
+    print(f"compiled (or loaded) in {time.perf_counter() - t0:.2f} s: {module_location(moons)}")
     X, y = make_moons()
     p = moons.init_params(seed=0)
     t0 = time.perf_counter()
@@ -78,9 +80,22 @@ def main(argv=None):
     print(f"final: loss {hist['val_loss'][-1]:.4f}, training accuracy {acc:.0%} ({args.steps} steps in {dt:.2f} s)")
     if args.png and os.path.dirname(args.png):
         os.makedirs(os.path.dirname(args.png), exist_ok=True)
-    if args.png and plot_boundary(moons, p, X, y, args.png):
-        print(f"wrote {args.png}")
+    if args.png:
+        if plot_boundary(moons, p, X, y, args.png):
+            print(f"wrote the decision boundary to {os.path.abspath(args.png)}")
+        else:
+            print("no picture: matplotlib is not installed (pip install matplotlib, then run this again)")
     return acc
+
+
+def module_location(mod):
+    """Where gradc keeps the compiled module: its folder in the build cache ($GRADC_CACHE_DIR)."""
+    meta = getattr(gradc.runtime.runtime_of(mod), "meta", None) or {}
+    ext = sys.modules.get(meta.get("module", ""))
+    where = getattr(ext, "__file__", None)
+    if where is None:
+        return "the compiled module is in memory"
+    return f"the compiled module is {os.path.basename(where)} in {os.path.dirname(where)}"
 
 
 if __name__ == "__main__":
