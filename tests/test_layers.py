@@ -453,5 +453,26 @@ def errors_model():
 ])
 def test_bad_arguments_name_the_helper_and_argument(call, message):
     m, x, s = errors_model()
-    with pytest.raises(gc.ModelError, match=message):
+    with pytest.raises(gc.ModelError, match=message) as e:
         call(m, x, s)
+    assert e.value.where[0] == __file__          # the user's line, not gradc's
+
+
+def test_a_convolution_is_one_reduction_over_a_padded_map():
+    """The form the register tiles recognize, as LeNet-5 written by hand: a Sum of weight times a
+    strided, dilated read of the input, plus the bias, over a stage of guarded reads."""
+    m = gc.Model("form")
+    x = m.input("x", (2, 5, 5))
+    W, b = m.param("W", (3, 2, 3, 3)), m.param("b", 3)
+    o, i, j = sp.symbols("o i j", integer=True)
+    z = L.conv2d(x, W, b, stride=2, padding=1, dilation=(1, 2))[o, i, j]
+    (pad,) = m.defs
+    assert pad.shape == (2, 7, 7)
+    c, p, q = pad.idx
+    X = x.base
+    assert pad.body == sp.Piecewise((X[c, p - 1, q - 1], sp.And(p >= 1, p < 6, q >= 1, q < 6)), (0, True))
+    s, = [a for a in z.args if isinstance(a, sp.Sum)]
+    assert z == s + b[o]
+    (ch, _, _), (k, _, _), (l, _, _) = s.limits
+    P = sp.IndexedBase(sp.Symbol(pad.name, real=True))
+    assert s.function == W[o, ch, k, l] * P[ch, 2 * i + k, 2 * j + 2 * l]
