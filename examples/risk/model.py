@@ -5,7 +5,7 @@ N_FEATURES = 30
 
 logreg = gc.Model("risk_logreg")
 x, y = logreg.input("x", N_FEATURES), logreg.target("y")      # y in {0, 1}
-w, b = logreg.param("w", (1, N_FEATURES)), logreg.param("b", 1)
+w, b = logreg.param("w", (1, N_FEATURES), init=0), logreg.param("b", 1)     # from zero, as scikit-learn
 z = (w @ x + b)[0]
 logreg.output("p", gc.sigmoid(z))
 logreg.loss(gc.bce_with_logits(z, y))
