@@ -24,7 +24,8 @@ The classes (``help(gradc.Model)`` and so on for each):
     GradcError, ModelError, BuildError              what gradc raises
     Sigmoid, Softplus      SymPy functions behind ``sigmoid`` and ``softplus``
 
-Submodules: ``gradc.optim`` (optimizers and schedules), ``gradc.init`` (initializers),
+Submodules: ``gradc.layers`` (PyTorch's layers for one sample: ``conv2d``, pools, ``flatten``, norms,
+``gru_cell``, ``lstm_cell``, ``unroll``), ``gradc.optim`` (optimizers and schedules), ``gradc.init`` (initializers),
 ``gradc.metrics``, ``gradc.show`` (listings and notebook formulas), ``gradc.sklearn``.
 ``__all__`` (what ``from gradc import *`` takes, and what ``help(gradc)`` lists in full) holds
 the functions; the classes are ``gradc.Model`` and so on.
@@ -46,7 +47,7 @@ _NN = ("relu", "tanh", "exp", "log", "sqrt", "abs", "sigmoid", "softplus", "dens
 _LAZY.update({n: "nn" for n in _NN})
 _SUBMODULES = ("init", "model", "nn", "ir", "autodiff", "simplify", "rewrite", "functions", "build",
                "runtime", "api", "cli", "codegen", "errors", "optim", "train", "lr_finder", "metrics", "show",
-               "privacy", "dp", "weighting", "sklearn")
+               "privacy", "dp", "weighting", "sklearn", "layers")
 
 # the functions; a class's help (SymPy's Function subclasses run to thousands of lines) would drown
 # them in help(gradc): the module docstring lists the classes instead

@@ -910,6 +910,10 @@ class Trainer:
         self.early = early_stopping
         self._check_metrics()
         on_train = self.metrics_on_training_data(val_data)
+        if on_train and self.dp is not None:
+            raise ValueError("metrics on the training data are not private: DP-SGD's accountant counts the "
+                             "noisy steps only, so with dp= give validation data (val_data= or val_split=; "
+                             "--val-split in the CLI) for metrics other than loss")
         callbacks = self.callbacks + ([early_stopping] if early_stopping is not None else [])
         if self.dist is not None:     # every rank restores, then the ranks compare their state and data
             from .distributed import begin

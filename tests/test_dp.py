@@ -46,6 +46,13 @@ def test_epsilon_is_the_accountants_and_the_model_learns(logreg):
     assert hist["val_accuracy"][-1] > 0.85
 
 
+def test_metrics_on_the_training_data_are_refused_under_dp(logreg):
+    """They would print what the training data say without the accountant counting it."""
+    mod, data = logreg
+    with pytest.raises(ValueError, match="not private.*val_split"):
+        _fit(mod, data, epochs=1, metrics=["loss", "accuracy"])
+
+
 def test_without_noise_and_clipping_a_full_sample_is_plain_sgd(logreg):
     mod, data = logreg
     n = len(data["y"])
