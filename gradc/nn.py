@@ -182,10 +182,26 @@ def hinge(score, y):
 
 
 def embedding(E, ids):
-    """Row ``ids`` of the table ``E`` (a gather by an int32 input): ``P_u = gc.embedding(P, user)``."""
+    """Rows of the table ``E`` (a gather by int32 inputs), as PyTorch's ``F.embedding``: one id gives
+    a row, ``P_u = gc.embedding(P, user)``; a vector of ids (an int32 input of shape (T,), a
+    sequence of tokens or the items a user rated) gives a (T, D) tensor, row t being ``E[ids[t]]``:
+    ``X = gc.embedding(E, tokens)``. Each id is checked against E's rows when the model runs."""
     if not isinstance(E, Tensor) or E.rank != 2:
-        raise ModelError("embedding needs a rank-2 parameter table")
-    ids = sp.sympify(ids)
+        raise ModelError(f"embedding needs a rank-2 parameter table, got "
+                         f"{E._label() if isinstance(E, TensorExpr) else type(E).__name__}")
+    if isinstance(ids, TensorExpr):
+        if not (isinstance(ids, Tensor) and ids.decl.dtype == "int32"):
+            raise ModelError(f"embedding: the ids must be an int32 input (m.input(name, T, dtype='int32')), "
+                             f"not {ids._label()}")
+        if ids.rank != 1:
+            raise ModelError(f"embedding: the ids must be a vector of shape (T,), got {ids._label()}")
+        return TensorExpr(E.model, (ids.shape[0], E.shape[1]), lambda t, k: E.fn(ids.fn(t), k))
+    try:
+        ids = sp.sympify(ids)
+    except (sp.SympifyError, TypeError):
+        raise ModelError(f"embedding: the ids must be an int32 input, not {type(ids).__name__}")
+    if not (ids.is_integer or ids.is_Integer):
+        raise ModelError(f"embedding: the id {ids} is not an integer; declare it with dtype='int32'")
     return TensorExpr(E.model, E.shape[1:], lambda k: E.fn(ids, k))
 
 

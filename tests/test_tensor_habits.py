@@ -149,3 +149,44 @@ def test_a_tanh_mlp_without_init_learns():
         opt.step(g)
     assert mod.loss(p, x=X, y=Y) < 0.3 < np.log(2)
     assert len(np.unique(np.round(p["W1"][:, 0], 12))) == 16
+
+
+def test_embedding_of_a_vector_of_ids_is_pytorchs():
+    """gc.embedding(E, tokens) with tokens an int32 vector input: a (T, D) gather, as F.embedding."""
+    m = gc.Model("embseq")
+    tok, y = m.input("tok", 5, dtype="int32"), m.target("y")
+    E = m.param("E", (7, 3), init=gc.init.uniform(-1, 1))
+    w = m.param("w", 3, init=gc.init.uniform(-1, 1))
+    X = gc.embedding(E, tok)
+    assert X.shape == (5, 3)
+    s = m.output("s", (gc.tanh(X) @ w).mean())
+    m.loss((s - y) ** 2)
+    mod = gc.compile_model(m, dtype="float64")
+    p = mod.init_params(seed=0)
+    rng = np.random.default_rng(0)
+    T, Y = rng.integers(0, 7, size=(9, 5)).astype(np.int32), rng.normal(size=9)
+    L, g = mod.loss_and_grad(p, tok=T, y=Y)
+    h = np.tanh(p["E"][T]) @ p["w"]                 # NumPy's fancy indexing as the reference
+    np.testing.assert_allclose(mod.forward(p, tok=T)["s"], h.mean(1), rtol=1e-14)
+    assert abs(L - ((h.mean(1) - Y) ** 2).mean()) <= 1e-14
+    torch = pytest.importorskip("torch")
+    t = {k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
+    ts = (torch.tanh(torch.nn.functional.embedding(torch.tensor(T).long(), t["E"])) @ t["w"]).mean(1)
+    ((ts - torch.tensor(Y)) ** 2).mean().backward()
+    for k in p:
+        np.testing.assert_allclose(g[k], t[k].grad.numpy(), rtol=1e-12, atol=1e-16, err_msg=k)
+    with pytest.raises(ValueError, match="argument 'tok'.*outside 0..6"):
+        mod.loss(p, tok=np.full((2, 5), 7, np.int32), y=np.zeros(2))
+
+
+def test_embedding_names_bad_ids():
+    m = gc.Model("embbad")
+    E = m.param("E", (7, 3))
+    with pytest.raises(ModelError, match="int32 input"):
+        gc.embedding(E, m.input("xf", 4))
+    with pytest.raises(ModelError, match=r"vector of shape \(T,\)"):
+        gc.embedding(E, m.input("ids2", (2, 2), dtype="int32"))
+    with pytest.raises(ModelError, match="not an integer"):
+        gc.embedding(E, sp.Symbol("a"))
+    with pytest.raises(ModelError, match="rank-2 parameter table"):
+        gc.embedding(m.param("v", 3), 0)
