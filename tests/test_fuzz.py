@@ -68,6 +68,18 @@ def test_default_models_cover_the_generator(default_run):
     nary = {o[0] for o in fuzz.NARY}
     assert len(seen & unary) >= 0.8 * len(unary), f"default models miss {sorted(unary - seen)}"
     assert len(seen & nary) >= 0.8 * len(nary), f"default models miss {sorted(nary - seen)}"
+    # the NumPy habits, zero padding as a guarded read and gradc.layers (test_fuzz_layers.py draws more)
+    for feature in ("view_slice", "view_negative_index", "view_newaxis", "view_ellipsis", "view_sum_axis",
+                    "view_mean_axis", "view_reshape", "broadcast_trailing", "broadcast_outer", "pad_read",
+                    "pad_redundant", "pad_function"):
+        assert feature in seen, f"no default model exercises {feature!r}"
+    if fuzz.HAVE_LAYERS:
+        for feature in ("conv1d", "conv2d", "conv_stride", "conv_dilation", "conv_groups", "conv_same",
+                        "max_pool2d", "avg_pool1d", "global_avg_pool", "layer_norm", "group_norm", "rms_norm",
+                        "gru_cell", "lstm_cell", "unroll_gru", "unroll_lstm", "pad_layers", "layers_flatten"):
+            assert feature in seen, f"no default model exercises {feature!r}"
+        acts = {"act_" + a[0] for a in fuzz.ACTIVATIONS}
+        assert len(seen & acts) >= 0.8 * len(acts), f"default models miss {sorted(acts - seen)}"
 
 
 def test_oracle_is_independent_of_gradc():

@@ -23,6 +23,29 @@ Piecewise, floor, sign) are allowed: data and parameters are continuous, so no
 sample sits on one, and the finite-difference check retries with a tiny step
 before it reports a mismatch.
 
+Besides those, the steps in ``NEW_OPS`` write what NumPy and PyTorch users write:
+
+* ``view``: slices with steps and negative bounds, negative indices, ``x[:, None]``, ``...``,
+  ``.sum(axis)``, ``.mean(axis)``, ``.reshape(...)``, ``.flatten()``, and NumPy broadcasting in
+  arithmetic (``W + v``, ``u[:, None] * v``, ``W * v[:, None]``); the oracle indexes, reshapes and
+  broadcasts the object arrays with NumPy itself;
+* ``pad``: zero padding as a guarded read, ``m.define`` of ``sp.Piecewise((t[c, i - p, j - q],
+  sp.And(i >= p, i < p + H, ...)), (0, True))`` (with redundant conditions, ``&``, a function of the
+  read, or ``L.pad``);
+* ``act``, ``conv``, ``pool``, ``norm``, ``rnn``: ``gradc.layers`` (imported as ``L`` where used):
+  leaky_relu, elu, gelu (also tanh), silu; conv1d/conv2d with stride, padding (ints, pairs,
+  'same', 'valid'), dilation, groups and a bias; max/avg pools and global_avg_pool; layer_norm,
+  group_norm, rms_norm; gru_cell, lstm_cell and unroll. Their oracle is oracle.py's references,
+  written from PyTorch's definitions (test_fuzz_layers.py checks them against PyTorch).
+
+Their bounds: a view keeps its operand's; a sum over n elements multiplies it by n; a
+convolution's is (channels per group) * (kernel size) * |x| + |bias| (inputs scaled to 2); a norm's
+sqrt(group size) * |weight| + |bias| (eps: PyTorch's default, 1e-3, 0.1 or 1); a GRU's state stays
+within max(1, |h|), an LSTM's cell grows by at most 1 a step. Conv and recurrent weights are new
+parameters that later steps do not read. A lazy expression read through ``//`` or ``%`` (a
+reshape, a grouped convolution, group_norm) is not gathered by an int32 input: gradc's indices are
+affine in the loop indices or an int32 input alone, and ``u // 3`` is neither (``Node.divmod``).
+
 Known compiler bugs the generator steers around are listed in ``KNOWN_BUGS``
 (each has a named, strict-xfail regression test in test_fuzz_regressions.py);
 ``fuzz_models(avoid=())`` generates them too.
@@ -39,6 +62,7 @@ from hypothesis import strategies as st
 
 import gradc as gc
 
+from . import oracle as torch_ref
 from .oracle import emap, gather, scalar_array, symbols
 
 # Constructs that trigger a known, still-present compiler bug. The generator avoids each one named
@@ -160,8 +184,44 @@ NARY = [
 NARY_BY_NAME = {o[0]: o for o in NARY}
 _LETTERS = "abcd"
 
+# gradc.layers' activations: (name, source over {a} (a tensor or a scalar), the oracle of one element
+# as PyTorch defines it, largest |argument| allowed (None: any), bound(hi) -> hi)
+ACTIVATIONS = [
+    ("leaky_relu", "L.leaky_relu({a})", lambda e: sp.Piecewise((e, e > 0), (e / 100, True)), None, lambda h: h),
+    ("leaky_relu_slope", "L.leaky_relu({a}, 0.2)", lambda e: sp.Piecewise((e, e > 0), (e / 5, True)), None,
+     lambda h: h),
+    ("elu", "L.elu({a})", lambda e: sp.Piecewise((e, e > 0), (sp.exp(e) - 1, True)), 10, lambda h: max(h, 1.0)),
+    ("elu_alpha", "L.elu({a}, alpha=0.5)", lambda e: sp.Piecewise((e, e > 0), ((sp.exp(e) - 1) / 2, True)), 10,
+     lambda h: max(h, 0.5)),
+    ("gelu", "L.gelu({a})", lambda e: e / 2 * (1 + sp.erf(e / sp.sqrt(2))), None, lambda h: h),
+    ("gelu_tanh", 'L.gelu({a}, approximate="tanh")',
+     lambda e: e / 2 * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (e + sp.Rational(44715, 10**6) * e ** 3))), 10,
+     lambda h: h),
+    ("silu", "L.silu({a})", lambda e: e / (1 + sp.exp(-e)), None, lambda h: h),
+]
+
+# the steps that draw from the NumPy habits of tensor expressions, zero padding and gradc.layers
+NEW_OPS = ("view", "pad", "act", "conv", "pool", "norm", "rnn")
+
+
+def _index_text(i):
+    """One index of a subscript as Python text: 2, -1, None, ..., 1:, ::-1."""
+    if i is Ellipsis:
+        return "..."
+    if isinstance(i, slice):
+        t = f"{'' if i.start is None else i.start}:{'' if i.stop is None else i.stop}"
+        return t + (f":{i.step}" if i.step is not None else "")
+    return repr(i)
+
+
 HEADER = "import sympy as sp\nimport gradc as gc\n\nm = gc.Model(\"fuzz\")\nk, j = gc.index(\"k\"), gc.index(\"j\")\n"
 NS = {"sp": sp, "gc": gc}
+
+try:
+    import gradc.layers  # noqa: F401 (the layer helpers, drawn when this gradc has them)
+    HAVE_LAYERS = True
+except ImportError:
+    HAVE_LAYERS = False
 
 LET_SIZE = 120       # an element expression this large is named as a let of the oracle (Gen.compact)
 
@@ -190,6 +250,9 @@ class Node:
     data: bool = False       # depends on an input
     pw: bool = False         # its expression (as later steps read it) holds a Piecewise
     bound: frozenset = frozenset()   # index names (k, j) bound by Sums inside its expression
+    divmod: bool = False     # a lazy expression that reads through // or % of its indices (a reshape):
+    #                          it is not gathered by an int32 input (gradc's indices are affine in loop
+    #                          indices or an int32 input alone, and ``u // 3`` is neither)
 
 
 @dataclass(eq=False)
@@ -236,7 +299,9 @@ _DATA = Node("", (), None, 0.0, data=True)     # a source marker: reads data (an
 
 
 class Gen:
-    def __init__(self, avoid, draw=None, rnd=None, coverage=None):
+    def __init__(self, avoid, draw=None, rnd=None, coverage=None, focus=()):
+        self.focus = tuple(focus)         # operations drawn for 3 in 5 steps (sample_cases(focus=...))
+        self.layers = False               # the source imports gradc.layers as L
         self.draw = draw                  # hypothesis's draw, or None: choices come from ``rnd``
         self.rnd = rnd
         self.coverage = coverage          # choice -> how often earlier cases made it (or None)
@@ -384,14 +449,17 @@ class Gen:
         rank = self.pick([0, 1, 1, 2])
         return tuple(self.pick(self.dims) for _ in range(rank))
 
-    def declare_param(self, shape):
+    def declare_param(self, shape, node=True):
+        """A new parameter (values in [-1, 1]); ``node=False``: a layer's weight, not offered to other steps."""
         name = f"p{len(self.params)}"
         self.params[name] = shape
         init = self.pick(["", ", init=gc.init.uniform(-1, 1)", ", init=0.5"])
         self.emit(f'{name} = m.param("{name}", {shape!r}{init})')
         syms = symbols("P", name, shape, real=True)
         self.psyms[name] = syms
-        self.add(Node(name, shape, syms, 1.0, handle=True, param=True, vid=self.new_vid()))
+        if node:
+            self.add(Node(name, shape, syms, 1.0, handle=True, param=True, vid=self.new_vid()))
+        return name, syms
 
     def declare_data(self, kind, shape, dist, hi_int=0, as_node=False):
         prefix = {"input": "x", "target": "y"}[kind] if dist != "int" else \
@@ -459,6 +527,7 @@ class Gen:
                              param=any(o.param for o in operands), vid=self.new_vid(),
                              data=any(o.data for o in operands),
                              pw=style != "define" and ("Piecewise" in template or any(o.pw for o in operands)),
+                             divmod=style != "define" and any(o.divmod for o in operands),
                              bound=frozenset() if style == "define" else frozenset().union(*[o.bound for o in operands])),
                         sig)
 
@@ -474,10 +543,17 @@ class Gen:
             ops += ["gather", "gather"]
         if any(n.lo >= POS_LO and n.hi <= 50 for n in self.nodes):
             ops += ["pos_unary", "pos_unary"]
+        ops += ["view", "view"]
+        if any(n.handle and 1 <= len(n.shape) <= 3 for n in self.nodes):
+            ops += ["pad"]
+        if HAVE_LAYERS:
+            ops += ["act", "conv", "pool", "norm", "rnn"]
+        focus = [o for o in ops if o in self.focus]
         before = len(self.nodes), len(self.lines)
         for _ in range(4):             # an operation that does not apply to the drawn operands is redrawn
             n_choices = len(self.choices)
-            getattr(self, "op_" + self.choose("op", ops))()
+            op = self.choose("focus", sorted(set(focus))) if focus and self.flag(0.6) else self.choose("op", ops)
+            getattr(self, "op_" + op)()
             if (len(self.nodes), len(self.lines)) != before:
                 return
             del self.choices[n_choices:]          # coverage counts what was made, not what was tried
@@ -568,7 +644,7 @@ class Gen:
         kind = self.choose("reduce", ["sum", "Sum", "Sum_fn", "Sum_shift", "axis", "conv", "log_sum_exp"])
         size = int(np.prod(x.shape))
         var = self.fresh()
-        if kind == "sum" or (kind == "conv" and len(x.shape) != 1):
+        if kind == "sum" or (kind == "conv" and len(x.shape) != 1) or (kind in ("Sum", "Sum_fn") and len(x.shape) > 2):
             self.features.add("sum_method")
             hi = size * x.hi
             elem = scalar_array(sp.Add(*x.elem.ravel()))
@@ -668,7 +744,7 @@ class Gen:
             return self.finish_tensor(var, elem, w.shape[0] * hw * hx, [x, w], not lazy,
                                       sig=("conv", w.vid, x.vid))
 
-    def finish_scalar(self, var, text, elem, hi, srcs, sig, bound=()):
+    def finish_scalar(self, var, text, elem, hi, srcs, sig, bound=(), pw=False, divmod=False):
         if sig in self.sigs:
             return None
         if hi > HMAX:
@@ -682,10 +758,11 @@ class Gen:
             handle = False
         return self.add(Node(var, (), elem, hi, 0.0, handle=handle, param=any(x.param for x in srcs),
                              data=any(x.data for x in srcs), vid=self.new_vid(),
-                             pw=not handle and any(x.pw for x in srcs),
+                             pw=not handle and (pw or any(x.pw for x in srcs)),
+                             divmod=not handle and (divmod or any(x.divmod for x in srcs)),
                              bound=frozenset() if handle else frozenset(bound).union(*[x.bound for x in srcs])), sig)
 
-    def finish_tensor(self, var, elem, hi, srcs, handle, sig, lo=0.0, bound=()):
+    def finish_tensor(self, var, elem, hi, srcs, handle, sig, lo=0.0, bound=(), pw=False, divmod=False):
         if sig in self.sigs:
             return None
         if hi > HMAX:
@@ -695,7 +772,8 @@ class Gen:
             var, elem, hi, lo, handle = nv, emap(lambda e: e / s, elem.shape, [elem]), hi / s, lo / s, False
         return self.add(Node(var, elem.shape, elem, hi, lo, handle=handle, param=any(x.param for x in srcs),
                              data=any(x.data for x in srcs), vid=self.new_vid(),
-                             pw=not handle and any(x.pw for x in srcs),
+                             pw=not handle and (pw or any(x.pw for x in srcs)),
+                             divmod=not handle and (divmod or any(x.divmod for x in srcs)),
                              bound=frozenset() if handle else frozenset(bound).union(*[x.bound for x in srcs])), sig)
 
     def op_matmul(self):
@@ -872,6 +950,7 @@ class Gen:
         self.features.add("transpose")
         self.emit(f"{var} = {x.var}.T")
         self.add(Node(var, x.shape[::-1], x.elem.T.copy(), x.hi, x.lo, param=x.param, data=x.data, pw=x.pw,
+                      divmod=x.divmod,
                       vid=self.new_vid(), bound=x.bound),
                  sig=("T", x.vid))
 
@@ -956,7 +1035,7 @@ class Gen:
         u, rows = self.pick(self.ints)
         var = self.fresh()
         if u.shape:                                 # a bag of rows, summed: ids[k] inside a Sum
-            cands = [n for n in self.nodes if len(n.shape) == 2 and n.shape[0] == rows]
+            cands = [n for n in self.nodes if len(n.shape) == 2 and n.shape[0] == rows and not n.divmod]
             if not cands:
                 return
             x = self.pick(cands)
@@ -974,7 +1053,8 @@ class Gen:
                 self.emit(f'{var} = m.define("s{var[1:]}", ({cols},), lambda a0: {x.var}[{u.name}[{r}], a0])')
                 elem = np.array([gather(x.elem[:, c], u.syms[r]) for c in range(cols)], dtype=object)
             return self.finish_tensor(var, elem, n * x.hi, [x, _DATA], True, sig=("bag", u.name, x.vid))
-        cands = [n for n in self.nodes if n.shape and n.shape[0] == rows and not n.is_int]
+        cands = [n for n in self.nodes if n.shape and len(n.shape) <= 2 and n.shape[0] == rows and not n.is_int
+                 and not n.divmod]
         if not cands:
             return
         x = self.pick(cands)
@@ -998,6 +1078,607 @@ class Gen:
         self.features.add("gather_define")
         self.emit(f'{var} = m.define("s{var[1:]}", ({cols},), lambda a0: {x.var}[{u.name}, a0])')
         return self.finish_tensor(var, elem, x.hi, [x, _DATA], True, sig=("gather_row", u.name, x.vid))
+
+    # -- NumPy habits of tensor expressions: views, axis reductions, reshapes, broadcasting --
+    def scaled_node(self, x, limit):
+        """(text, elements, hi, lo) of ``x`` divided by an integer so that |value| <= limit."""
+        if limit is None or x.hi <= limit:
+            return x.var, x.elem, x.hi, x.lo
+        s = int(math.ceil(x.hi / limit))
+        return f"({x.var} / {s})", emap(lambda e: e / s, x.shape, [x.elem]), x.hi / s, x.lo / s
+
+    def let(self, arr):
+        """``arr`` (an object array of expressions) named as symbols of the oracle (a let binding)."""
+        syms = symbols("T", str(len(self.lets)), arr.shape, real=True)
+        self.lets.append((syms, arr))
+        return syms
+
+    def use_layers(self):
+        if not self.layers:
+            self.layers = True
+            self.lines.insert(0, "from gradc import layers as L")
+
+    def draw_slice(self, n):
+        """A nonempty slice of range(n), NumPy style: negative bounds and steps, omitted parts."""
+        for _ in range(6):
+            step = self.pick([None, 1, 2, 3, -1, -2])
+            start = self.pick([None, self.integer(0, n - 1), self.integer(-n, -1)])
+            stop = self.pick([None, self.integer(0, n), self.integer(-n, -1)])
+            s = slice(start, stop, step)
+            if len(range(n)[s]) and s != slice(None) and len(range(n)[s]) < n + (step is not None and step < 0):
+                return s
+        return slice(None, None, -1) if n > 1 else slice(None)
+
+    def op_view(self):
+        kind = self.choose("view", ["slice", "negative", "newaxis", "ellipsis", "sum_axis", "mean_axis",
+                                    "reshape", "flatten", "bcast", "bcast_col"])
+        getattr(self, "view_" + kind)()
+
+    def _view(self, x, idx, feature):
+        text = f"{x.var}[{', '.join(_index_text(i) for i in idx)}]"
+        elem = x.elem[idx]
+        if not isinstance(elem, np.ndarray):
+            elem = scalar_array(elem)
+        self.features.add(feature)
+        var = self.fresh()
+        sig = ("view", x.vid, text.split("[", 1)[1])
+        if not elem.shape:
+            return self.finish_scalar(var, text, elem, x.hi, [x], sig=sig)
+        if sig in self.sigs:
+            return None
+        self.emit(f"{var} = {text}")
+        return self.finish_tensor(var, elem.copy(), x.hi, [x], False, sig=sig, lo=x.lo)
+
+    def view_slice(self):
+        x = self.pick_node(lambda n: n.shape)
+        if x is None:
+            return
+        idx = []
+        for n in x.shape:
+            idx.append(self.draw_slice(n) if self.flag(0.6) else slice(None))
+        if all(i == slice(None) for i in idx):
+            idx[-1] = self.draw_slice(x.shape[-1])
+        while len(idx) > 1 and idx[-1] == slice(None) and self.flag(0.5):
+            idx.pop()                                  # W[1:] means W[1:, :]
+        if idx == [slice(None)]:
+            return
+        return self._view(x, tuple(idx), "view_slice")
+
+    def view_negative(self):
+        """Negative integers (x[-1], W[-2, 1:], W[-1] a row) and reversed slices."""
+        x = self.pick_node(lambda n: n.shape)
+        if x is None:
+            return
+        idx = [self.integer(-n, -1) if self.flag(0.6) else self.pick([slice(None, None, -1), self.draw_slice(n)])
+               for n in x.shape]
+        if not any(isinstance(i, int) for i in idx):
+            idx[0] = -1
+        if len(idx) > 1 and isinstance(idx[0], int) and self.flag(0.4):
+            idx = idx[:1]                              # W[-1]: a row
+        return self._view(x, tuple(idx), "view_negative_index")
+
+    def view_ellipsis(self):
+        x = self.pick_node(lambda n: n.shape)
+        if x is None:
+            return
+        side = self.pick(["before", "after"])
+        n = x.shape[-1] if side == "before" else x.shape[0]
+        i = self.pick([self.integer(-n, n - 1), self.draw_slice(n), None])
+        if i is None and len(x.shape) == 3:
+            i = self.integer(-n, n - 1)
+        idx = (Ellipsis, i) if side == "before" else (i, Ellipsis)
+        return self._view(x, idx, "view_ellipsis")
+
+    def view_newaxis(self):
+        """x[None], x[:, None], W[:, None, :]: new axes of size 1 (broadcast by later arithmetic)."""
+        x = self.pick_node(lambda n: 1 <= len(n.shape) <= 2)
+        if x is None:
+            return
+        pos = self.integer(0, len(x.shape))
+        idx = [slice(None)] * len(x.shape)
+        idx.insert(pos, None)
+        while idx and idx[-1] == slice(None) and self.flag(0.5):
+            idx.pop()
+        return self._view(x, tuple(idx), "view_newaxis")
+
+    def view_sum_axis(self, mean=False):
+        x = self.pick_node(lambda n: n.shape)
+        if x is None:
+            return
+        r = len(x.shape)
+        if r >= 2 and self.flag(0.3):
+            axes = tuple(sorted(self.pick([list(range(r))[:2], list(range(r))[1:], [0, r - 1]])))
+            axis_text = "(" + ", ".join(str(a - r if self.flag(0.3) else a) for a in axes) + ")"
+        else:
+            a = self.integer(0, r - 1)
+            axes = (a,)
+            axis_text = str(a - r if self.flag(0.4) else a)
+        if self.flag(0.3):
+            axis_text = f"axis={axis_text}"
+        keep = [d for d in range(r) if d not in axes]
+        N = int(np.prod([x.shape[d] for d in axes]))
+        elem = np.empty(tuple(x.shape[d] for d in keep), dtype=object)
+        for o in np.ndindex(*elem.shape):
+            terms = []
+            for q in np.ndindex(*[x.shape[d] for d in axes]):
+                full = dict(zip(keep, o))
+                full.update(zip(axes, q))
+                terms.append(x.elem[tuple(full[d] for d in range(r))])
+            elem[o] = sp.Add(*terms) / N if mean else sp.Add(*terms)
+        what = "mean" if mean else "sum"
+        self.features.add(f"view_{what}_axis")
+        text = f"{x.var}.{what}({axis_text})"
+        var = self.fresh()
+        hi, lo = (x.hi, x.lo) if mean else (N * x.hi, N * x.lo)
+        sig = (what, x.vid, axes)
+        if not elem.shape:
+            return self.finish_scalar(var, text, elem, hi, [x], sig=sig)
+        if sig in self.sigs:
+            return None
+        self.emit(f"{var} = {text}")
+        return self.finish_tensor(var, elem, hi, [x], False, sig=sig, lo=lo if hi <= HMAX else 0.0)
+
+    def view_mean_axis(self):
+        return self.view_sum_axis(mean=True)
+
+    def view_reshape(self):
+        x = self.pick_node(lambda n: n.shape and int(np.prod(n.shape)) >= 2)
+        if x is None:
+            return
+        N = int(np.prod(x.shape))
+        divs = [d for d in range(1, N + 1) if N % d == 0]
+        shapes = [(N,)] + [(a, N // a) for a in divs] + \
+            [(a, b, N // (a * b)) for a in divs for b in divs if (N // a) % b == 0]
+        shapes = [s for s in shapes if s != x.shape]
+        shape = self.pick(shapes)
+        args = list(shape)
+        if self.flag(0.5):
+            args[self.integer(0, len(args) - 1)] = -1
+        text = ", ".join(map(str, args))
+        if len(args) > 1 and self.flag(0.3):
+            text = f"({text})"
+        self.features.add("view_reshape")
+        var = self.fresh()
+        sig = ("reshape", x.vid, shape)
+        if sig in self.sigs:
+            return None
+        self.emit(f"{var} = {x.var}.reshape({text})")
+        return self.finish_tensor(var, x.elem.reshape(shape).copy(), x.hi, [x], False, sig=sig, lo=x.lo,
+                                  divmod=True)
+
+    def view_flatten(self):
+        x = self.pick_node(lambda n: len(n.shape) >= 2)
+        if x is None:
+            return
+        style = self.pick(["flatten", "layers"] if HAVE_LAYERS else ["flatten"])
+        var = self.fresh()
+        sig = ("reshape", x.vid, (int(np.prod(x.shape)),))
+        if sig in self.sigs:
+            return None
+        if style == "layers":
+            self.use_layers()
+            self.features.add("layers_flatten")
+            self.emit(f"{var} = L.flatten({x.var})")
+        else:
+            self.features.add("view_flatten")
+            self.emit(f"{var} = {x.var}.flatten()")
+        return self.finish_tensor(var, x.elem.reshape(-1).copy(), x.hi, [x], style == "layers", sig=sig, lo=x.lo,
+                                  divmod=True)
+
+    def _broadcast(self, a, ia, b, ib, feature):
+        """a[ia] OP b[ib] (ia, ib: NumPy index tuples, () for the whole), broadcast as NumPy does."""
+        name, template, arity, bound, opform, req = self.pick([NARY_BY_NAME[n] for n in ("add", "sub", "mul", "div")])
+        if name == "div" and b.lo < 0.1:
+            name, template, arity, bound, opform, req = NARY_BY_NAME["mul"]
+        lim = 5 if name == "mul" else None
+        ta, A, ha, la = self.scaled_node(a, lim)
+        tb, B, hb, lb = self.scaled_node(b, lim)
+        A, B = A[ia] if ia else A, B[ib] if ib else B
+        if ia:
+            ta = f"{ta}[{', '.join(_index_text(i) for i in ia)}]"
+        if ib:
+            tb = f"{tb}[{', '.join(_index_text(i) for i in ib)}]"
+        try:
+            shape = np.broadcast_shapes(A.shape, B.shape)
+        except ValueError:
+            return None
+        hi, lo = bound([(ha, la), (hb, lb)])
+        fn = eval("lambda _a, _b: " + template.format(a="_a", b="_b"), NS)
+        elem = emap(fn, shape, [np.broadcast_to(A, shape), np.broadcast_to(B, shape)])
+        self.features.add(feature)
+        var = self.fresh()
+        sig = ("bcast", name, a.vid, b.vid, ta, tb)
+        if sig in self.sigs:
+            return None
+        self.emit(f"{var} = {opform.format(a=ta, b=tb)}")
+        return self.finish_tensor(var, elem, hi, [a, b], False, sig=sig, lo=lo)
+
+    def view_bcast(self):
+        """A vector over a matrix's rows (W + v), a matrix over a map (T * W), v * W in either order."""
+        pairs = [(a, b) for a in self.nodes for b in self.nodes
+                 if len(a.shape) > len(b.shape) >= 1 and a.shape[-len(b.shape):] == b.shape]
+        if not pairs:
+            return
+        a, b = self.pick(pairs)
+        if self.flag(0.4) and not (b.lo < 0.1 and a.lo >= 0.1):
+            a, b = b, a                                # v + W as well as W + v
+        return self._broadcast(a, (), b, (), "broadcast_trailing")
+
+    def view_bcast_col(self):
+        """u[:, None] * v (an outer product), W + v[:, None] (a vector down the columns)."""
+        u = self.pick_node(lambda n: len(n.shape) == 1)
+        if u is None:
+            return
+        n = u.shape[0]
+        b = self.pick_node(lambda o: (len(o.shape) == 1 or (len(o.shape) == 2 and o.shape[0] == n))
+                           and o.vid != u.vid)
+        if b is None:
+            return
+        if len(b.shape) == 1:
+            ib = self.pick([(), (None, slice(None))])
+            return self._broadcast(u, (slice(None), None), b, ib, "broadcast_outer")
+        if self.flag(0.5):
+            return self._broadcast(b, (), u, (slice(None), None), "broadcast_column")
+        return self._broadcast(u, (slice(None), None), b, (), "broadcast_column")
+
+    # -- zero padding as a guarded read --
+    def op_pad(self):
+        """``m.define`` of Piecewise((x[c, i - p, j - q], And(i >= p, i < p + H, ...)), (0, True)):
+        a map of rank 1 or 2 padded in every dimension, of rank 3 in all but the first (channels)."""
+        x = self.pick_node(lambda n: n.handle and 1 <= len(n.shape) <= 3 and not n.is_int)
+        if x is None:
+            return
+        style = self.choose("pad", ["read", "function", "redundant", "layers"] if HAVE_LAYERS and len(x.shape) >= 2
+                            else ["read", "function", "redundant"])
+        r = len(x.shape)
+        first = 1 if r == 3 else 0                   # a channel dimension stays unpadded
+        if style == "layers":
+            first = 1
+        pads = [(0, 0)] * first + [(self.integer(0, 2), self.integer(0, 2)) for _ in range(first, r)]
+        if all(p == (0, 0) for p in pads):
+            pads[-1] = (1, self.integer(0, 1))
+        shape = tuple(n + a + b for n, (a, b) in zip(x.shape, pads))
+        fname, template, limit, bound = "id", "{0}", None, _same
+        if style == "function":
+            fname, template, limit, bound, _ = UNARY_BY_NAME[self.pick(["tanh", "square", "sin", "exp"])]
+            arg, h = self.scaled("{0}", x.hi, limit)
+            template = template.format(a=arg)
+        hi, _ = bound(x.hi, 0.0) if style != "function" else bound(h, 0.0)
+        fn = eval("lambda _x: " + template.format("_x"), NS)
+        inner = emap(fn, x.shape, [x.elem])
+        elem = np.empty(shape, dtype=object)
+        elem[...] = sp.Integer(0)
+        elem[tuple(slice(a, a + n) for n, (a, _) in zip(x.shape, pads))] = inner
+        var = self.fresh()
+        sig = ("pad", x.vid, tuple(pads), fname)
+        if sig in self.sigs:
+            return None
+        self.features.add("pad_" + style)
+        if style == "layers":
+            self.use_layers()
+            spatial = pads[1:]
+            arg = self.pick([repr(tuple(spatial)), repr([a for a, _ in spatial])]) \
+                if all(a == b for a, b in spatial) else repr(tuple(spatial))
+            if len(set(spatial)) == 1 and spatial[0][0] == spatial[0][1] and self.flag(0.5):
+                arg = str(spatial[0][0])
+            self.emit(f"{var} = L.pad({x.var}, {arg})")
+        else:
+            letters = [f"a{d}" for d in range(r)]
+            reads, conds = [], []
+            for d, (n, (a, b)) in enumerate(zip(x.shape, pads)):
+                reads.append(f"{letters[d]} - {a}" if a else letters[d])
+                if a or (style == "redundant" and d >= first):
+                    conds.append(self.pick([f"{letters[d]} >= {a}", f"{a} <= {letters[d]}"]))
+                if b or (style == "redundant" and d >= first):
+                    conds.append(self.pick([f"{letters[d]} < {a + n}", f"{letters[d]} <= {a + n - 1}"]))
+            read = template.format(f"{x.var}[{', '.join(reads)}]")
+            if len(conds) == 1:
+                cond = conds[0]
+            elif self.flag(0.7):
+                cond = f"sp.And({', '.join(conds)})"
+            else:
+                cond = " & ".join(f"({c})" for c in conds)
+            self.emit(f'{var} = m.define("s{var[1:]}", {shape!r}, lambda {", ".join(letters)}: '
+                      f"sp.Piecewise(({read}, {cond}), (0, True)))")
+        return self.finish_tensor(var, elem, hi, [x], True, sig=sig)
+
+    # -- gradc.layers --
+    def op_act(self):
+        x = self.pick_node(lambda n: not n.is_int)
+        name, src, fn, limit, bound = self.choose("act", ACTIVATIONS)
+        text, X, h, _ = self.scaled_node(x, limit)
+        elem = emap(fn, x.shape, [X])
+        style = self.choose("act_style", ["helper", "define", "map"] if x.shape else ["helper", "define"])
+        var = self.fresh()
+        sig = ("act", name, x.vid)
+        if sig in self.sigs:
+            return None
+        self.use_layers()
+        self.features.add("act_" + name)
+        handle = style == "define"
+        if style == "helper":
+            self.emit(f"{var} = {src.format(a=text)}")
+        elif style == "map":
+            self.emit(f"{var} = {text}.map(lambda e: {src.format(a='e')})")
+        elif x.shape:
+            letters = ", ".join(f"a{d}" for d in range(len(x.shape)))
+            self.emit(f'{var} = m.define("s{var[1:]}", {x.shape!r}, lambda {letters}: '
+                      f"{src.format(a=f'{text}[{letters}]')})")
+        else:
+            self.emit(f'{var} = m.define("s{var[1:]}", {src.format(a=text)})')
+        pw = name.startswith(("leaky", "elu"))
+        if not x.shape:
+            self.add(Node(var, (), elem, bound(h), 0.0, handle=handle, param=x.param, data=x.data, divmod=x.divmod,
+                          vid=self.new_vid(), pw=pw and not handle, bound=frozenset() if handle else x.bound), sig)
+            return
+        return self.finish_tensor(var, elem, bound(h), [x], handle, sig=sig, pw=pw)
+
+    def as_map(self, rank, limit):
+        """A node seen as a map of ``rank`` (C, *spatial): itself, x[None], x[None, None] or a reshape.
+        Returns (node, text, elements, hi) or None."""
+        x = self.pick_node(lambda n: 1 <= len(n.shape) <= rank and not n.is_int)
+        if x is None:
+            return None
+        text, X, h, _ = self.scaled_node(x, limit)
+        if len(x.shape) == rank:
+            return x, text, X, h
+        N = int(np.prod(x.shape))
+        if self.flag(0.4) and N > 1:                  # a reshape into (C, *spatial)
+            divs = [d for d in range(1, N + 1) if N % d == 0 and d <= 4]
+            c = self.pick(divs)
+            shape = (c, N // c) if rank == 2 else next(
+                ((c, a, N // (c * a)) for a in self.pick([divs[::-1], divs]) if (N // c) % a == 0), None)
+            if shape and shape != x.shape:
+                self.features.add("view_reshape")
+                return x, f"{text}.reshape{shape!r}", X.reshape(shape), h
+        idx = (None,) * (rank - len(x.shape))
+        self.features.add("view_newaxis")
+        return x, f"{text}[{', '.join(_index_text(i) for i in idx)}]", X[idx], h
+
+    def bias_for(self, kind, shape, allow_none=True):
+        """(text, elements, hi) of a bias or scale of ``shape``: none, a new parameter, or a node."""
+        how = self.choose(kind, ["none", "param", "node"] if allow_none else ["param", "node"])
+        if how == "node":
+            b = self.pick_node(lambda n: n.shape == shape and not n.is_int)
+            if b is not None:
+                text, B, h, _ = self.scaled_node(b, 2)
+                return text, B, h, b
+            how = "param"
+        if how == "none":
+            return "None", None, 0.0, None
+        name, syms = self.declare_param(shape, node=False)
+        return name, syms, 1.0, None
+
+    def op_conv(self):
+        nd = 1 if self.choose("conv", ["conv1d", "conv2d"]) == "conv1d" else 2
+        got = self.as_map(nd + 1, 2)
+        if got is None:
+            return
+        x, text, X, h = got
+        C, spatial = X.shape[0], X.shape[1:]
+        groups = 1
+        if self.choose("conv_groups", ["1", "groups"]) == "groups":
+            divs = [d for d in range(2, C + 1) if C % d == 0]
+            groups = self.pick(divs) if divs else 1
+        O = groups * self.integer(1, 2 if groups > 1 else 3)
+        padding = self.choose("conv_padding", ["0", "int", "same", "valid", "pairs"])
+        stride = [self.choose("conv_stride", [1, 2]) if padding != "same" else 1 for _ in spatial]
+        dilation = [self.choose("conv_dilation", [1, 2]) for _ in spatial]
+        kernel = [self.integer(1, 3) for _ in spatial]
+        if padding == "same":
+            pads = torch_ref.same_pads(kernel, dilation)
+            ptext = '"same"'
+        elif padding in ("0", "valid"):
+            pads = [(0, 0)] * nd
+            ptext = '"valid"' if padding == "valid" else None
+        else:
+            p = [self.integer(1, 2) for _ in spatial] if padding == "pairs" else [self.integer(1, 2)] * nd
+            pads = [(q, q) for q in p]
+            ptext = repr(tuple(p)) if padding == "pairs" else str(p[0])
+        for a, (n, (p0, p1)) in enumerate(zip(spatial, pads)):
+            while kernel[a] > 1 and n + p0 + p1 < dilation[a] * (kernel[a] - 1) + 1:
+                kernel[a] -= 1
+            if padding == "same":
+                pads[a] = torch_ref.same_pads(kernel, dilation)[a]
+        wname, W = self.declare_param((O, C // groups) + tuple(kernel), node=False)
+        btext, B, hb, bnode = self.bias_for("conv_bias", (O,))
+        elem = torch_ref.conv(X, W, B, stride, pads, dilation, groups)
+        args = [text, wname]
+        if btext != "None" or self.flag(0.3):
+            args.append(self.pick([btext, f"bias={btext}"]) if btext != "None" else "None")
+        tup = lambda v: str(v[0]) if len(set(v)) == 1 and self.flag(0.7) else repr(tuple(v))  # noqa: E731
+        if any(s != 1 for s in stride) or self.flag(0.2):
+            args.append(f"stride={tup(stride)}")
+        if ptext:
+            args.append(f"padding={ptext}")
+        if any(d != 1 for d in dilation) or self.flag(0.2):
+            args.append(f"dilation={tup(dilation)}")
+        if groups > 1:
+            args.append(f"groups={groups}")
+        self.use_layers()
+        self.features.add(f"conv{nd}d")
+        for what, on in (("stride", any(s > 1 for s in stride)), ("dilation", any(d > 1 for d in dilation)),
+                         ("groups", groups > 1), ("padding", any(p != (0, 0) for p in pads)),
+                         ("same", padding == "same"), ("bias", B is not None)):
+            if on:
+                self.features.add(f"conv_{what}")
+        var = self.fresh()
+        self.emit(f"{var} = L.conv{nd}d({', '.join(args)})")
+        hi = (C // groups) * int(np.prod(kernel)) * h + hb
+        srcs = [x] + ([bnode] if bnode is not None else [])
+        return self.finish_tensor(var, elem, hi, srcs + [Node("", (), None, 0.0, param=True)], False,
+                                  sig=("conv", self.new_vid()), divmod=groups > 1 and O > groups)
+
+    def op_pool(self):
+        kind = self.choose("pool", ["max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "global_avg_pool"])
+        nd = 2 if kind.endswith("2d") or (kind == "global_avg_pool" and self.flag(0.5)) else 1
+        got = self.as_map(nd + 1, None)
+        if got is None:
+            return
+        x, text, X, h = got
+        spatial = X.shape[1:]
+        var = self.fresh()
+        self.use_layers()
+        if kind == "global_avg_pool":
+            self.features.add("global_avg_pool")
+            self.emit(f"{var} = L.global_avg_pool({text})")
+            n = int(np.prod(spatial))
+            elem = np.array([sp.Add(*X[c].ravel()) / n for c in range(X.shape[0])] + [None], dtype=object)[:-1]
+            return self.finish_tensor(var, elem, h, [x], False, sig=("gap", self.new_vid()), lo=x.lo)
+        kernel = [self.integer(1, min(3, n)) for n in spatial]
+        if all(k == 1 for k in kernel) and max(spatial) > 1:
+            a = int(np.argmax(spatial))
+            kernel[a] = 2
+        stride = None if self.flag(0.5) else [self.integer(1, 2) for _ in spatial]
+        padding = [0] * nd
+        if kind.startswith("avg") and self.flag(0.5):
+            padding = [self.integer(0, k // 2) for k in kernel]
+        st_ = kernel if stride is None else stride
+        tup = lambda v: str(v[0]) if len(set(v)) == 1 and self.flag(0.6) else repr(tuple(v))  # noqa: E731
+        args = [text, tup(kernel)]
+        if stride is not None:
+            args.append(self.pick([tup(stride), f"stride={tup(stride)}"]))
+        if any(padding):
+            args.append(f"padding={tup(padding)}")
+        self.features.add(kind)
+        if any(padding):
+            self.features.add("avg_pool_padding")
+        if kind.startswith("max"):
+            elem = torch_ref.max_pool(X, kernel, st_)
+            lo = x.lo
+        else:
+            elem = torch_ref.avg_pool(X, kernel, st_, padding)
+            lo = 0.0 if any(padding) else x.lo
+        self.emit(f"{var} = L.{kind}({', '.join(args)})")
+        return self.finish_tensor(var, elem, h, [x], False, sig=("pool", self.new_vid()), lo=lo,
+                                  pw=kind.startswith("max"))
+
+    def op_norm(self):
+        kind = self.choose("norm", ["layer_norm", "group_norm", "rms_norm"])
+        x = self.pick_node(lambda n: n.shape and not n.is_int and int(np.prod(n.shape)) >= 2)
+        if x is None:
+            return
+        text, X, h, _ = self.scaled_node(x, 4)
+        r = len(x.shape)
+        args = [text]
+        eps = self.choose("norm_eps", ["default", "1e-3", "0.1", "1.0"])
+        if kind == "group_norm":
+            C = x.shape[0]
+            G = self.pick([d for d in range(1, C + 1) if C % d == 0])
+            args.append(str(G))
+            groups = [[(c,) + q for c in range(g * (C // G), (g + 1) * (C // G)) for q in np.ndindex(*x.shape[1:])]
+                      for g in range(G)]
+            ns = (C,)
+        else:
+            nl = self.integer(0, r - 1)
+            ns = x.shape[nl:]
+            if nl or self.flag(0.3):
+                ntext = self.pick([repr(ns), str(ns[0])]) if len(ns) == 1 else repr(ns)
+                args.append(ntext if kind == "layer_norm" else f"normalized_shape={ntext}")
+            groups = [[li + q for q in np.ndindex(*ns)] for li in np.ndindex(*x.shape[:nl])]
+        w = self.bias_for("norm_weight", ns)
+        b = self.bias_for("norm_bias", ns) if kind != "rms_norm" else ("None", None, 0.0, None)
+        wshape = (lambda idx: idx[:1]) if kind == "group_norm" else (lambda idx: idx[r - len(ns):])
+        if w[1] is not None:
+            args.append(f"weight={w[0]}")
+        if b[1] is not None:
+            args.append(f"bias={b[0]}")
+        if eps != "default":
+            args.append(f"eps={eps}")
+        e = sp.Float(float(eps)) if eps != "default" else sp.Float(1e-5 if kind != "rms_norm" else 2.220446049250313e-16)
+        if kind == "rms_norm":
+            elem = torch_ref.rms_normalize(X, groups, e, self.let)
+        else:
+            elem = torch_ref.normalize(X, groups, e, self.let)
+        for idx in np.ndindex(*x.shape):
+            if w[1] is not None:
+                elem[idx] = elem[idx] * w[1][wshape(idx)]
+            if b[1] is not None:
+                elem[idx] = elem[idx] + b[1][wshape(idx)]
+        N = max(len(g) for g in groups)
+        hi = math.sqrt(N) * max(w[2], 1.0 if w[1] is None else w[2]) + b[2]
+        self.use_layers()
+        self.features.add(kind)
+        if eps == "default":
+            self.features.add(kind + "_default_eps")
+        var = self.fresh()
+        self.emit(f"{var} = L.{kind}({', '.join(args)})")
+        srcs = [x] + [t[3] for t in (w, b) if t[3] is not None] + \
+            [Node("", (), None, 0.0, param=True)] * any(t[1] is not None and t[3] is None for t in (w, b))
+        return self.finish_tensor(var, elem, hi, srcs, False, sig=("norm", self.new_vid()),
+                                  divmod=kind == "group_norm")
+
+    def op_rnn(self):
+        kind = self.choose("rnn", ["gru_cell", "lstm_cell", "unroll_gru", "unroll_lstm"])
+        unroll = kind.startswith("unroll")
+        lstm = kind.endswith("lstm") or kind == "lstm_cell"
+        x = self.pick_node(lambda n: len(n.shape) == (2 if unroll else 1) and not n.is_int)
+        if x is None:
+            return
+        text, X, _, _ = self.scaled_node(x, 3)
+        F = x.shape[-1]
+        H = self.integer(1, 3)
+        gates = 4 if lstm else 3
+        self.use_layers()
+        wi, Wi = self.declare_param((gates * H, F), node=False)
+        wh, Wh = self.declare_param((gates * H, H), node=False)
+        bias = self.choose("rnn_bias", ["none", "both", "ih"])
+        bi, Bi = self.declare_param((gates * H,), node=False) if bias != "none" else ("None", None)
+        bh, Bh = self.declare_param((gates * H,), node=False) if bias == "both" else ("None", None)
+        states = []
+        for s in range(2 if lstm else 1):
+            if self.choose("rnn_state", ["zeros", "node"]) == "node":
+                st_ = self.pick_node(lambda n: n.shape == (H,) and not n.is_int)
+                if st_ is not None:
+                    t, S, hs, _ = self.scaled_node(st_, 1)
+                    states.append((t, S, hs, st_))
+                    continue
+            states.append(("None", None, 0.0, None))
+        srcs = [x, Node("", (), None, 0.0, param=True)] + [s[3] for s in states if s[3] is not None]
+        hi_c = (states[1][2] if lstm else 0.0)
+        cell = (f"L.lstm_cell({{x}}, {{h}}, {{c}}, {wi}, {wh}, {bi}, {bh})" if lstm
+                else f"L.gru_cell({{x}}, {{h}}, {wi}, {wh}, {bi}, {bh})")
+        step = (lambda xt, h, c: torch_ref.lstm_cell(xt, h, c, Wi, Wh, Bi, Bh, self.let)) if lstm else \
+            (lambda xt, h: torch_ref.gru_cell(xt, h, Wi, Wh, Bi, Bh, self.let))
+        self.features.add(kind)
+        v1, v2 = self.fresh(), self.fresh()
+        if not unroll:
+            if lstm:
+                h2, c2 = step(X, states[0][1], states[1][1])
+                self.emit(f"{v1}, {v2} = " + cell.format(x=text, h=states[0][0], c=states[1][0]))
+                self.finish_tensor(v1, h2, 1.0, srcs, True, sig=("rnn", self.new_vid()))
+                return self.finish_tensor(v2, c2, hi_c + 1, srcs, True, sig=("rnn", self.new_vid()))
+            h2 = step(X, states[0][1])
+            self.emit(f"{v1} = " + cell.format(x=text, h=states[0][0]))
+            return self.finish_tensor(v1, h2, max(1.0, states[0][2]), srcs, True, sig=("rnn", self.new_vid()))
+        T = x.shape[0]
+        steps = T if self.flag(0.6) else self.integer(1, T)
+        every = self.flag(0.4)
+        state = tuple(s[1] for s in states)
+        history = []
+        for t in range(steps):
+            state = step(X[t], *state)
+            state = state if lstm else (state,)
+            history.append(state)
+        lam = "lambda xt, h, c: " + cell.format(x="xt", h="h", c="c") if lstm else \
+            "lambda xt, h: " + cell.format(x="xt", h="h")
+        s0 = f"({states[0][0]}, {states[1][0]})" if lstm else states[0][0]
+        extra = (f", steps={steps}" if steps != T or self.flag(0.3) else "") + (", return_all=True" if every else "")
+        out = f"{v1}, {v2}" if lstm else v1
+        if every:
+            hv = self.fresh()
+            out = f"({out}), {hv}" if lstm else f"{out}, {hv}"
+        self.emit(f"{out} = L.unroll({lam}, {text}, {s0}{extra})")
+        self.finish_tensor(v1, state[0], 1.0 if lstm else max(1.0, states[0][2]), srcs, True, sig=("rnn", self.new_vid()))
+        if lstm:
+            self.finish_tensor(v2, state[1], hi_c + steps, srcs, True, sig=("rnn", self.new_vid()))
+        if every and steps > 1:
+            t = self.integer(0, steps - 2)
+            v3 = self.fresh()
+            self.features.add("unroll_return_all")
+            self.emit(f"{v3} = {hv}[{t}][0]" if lstm else f"{v3} = {hv}[{t}]")
+            self.finish_tensor(v3, history[t][0], 1.0 if lstm else max(1.0, states[0][2]), srcs, True,
+                               sig=("rnn", self.new_vid()))
 
     # -- outputs, loss, regularization --
     def finish(self):
@@ -1117,25 +1798,33 @@ def _generate(g, avoid, max_steps):
 
 
 @st.composite
-def fuzz_models(draw, avoid=KNOWN_BUGS, max_steps=10):
+def fuzz_models(draw, avoid=KNOWN_BUGS, max_steps=10, focus=()):
     """A hypothesis strategy of ``FuzzCase``: a small random model and its independent oracle."""
-    return _generate(Gen(avoid, draw=draw), avoid, max_steps)
+    return _generate(Gen(avoid, draw=draw, focus=focus), avoid, max_steps)
 
 
-def random_case(rnd, avoid=KNOWN_BUGS, max_steps=10, coverage=None):
+def random_case(rnd, avoid=KNOWN_BUGS, max_steps=10, coverage=None, focus=()):
     """The same, from a ``random.Random``; ``coverage`` (a Counter of choices, updated by the caller
-    with each case's ``choices``) steers towards operations earlier cases have used least."""
-    return _generate(Gen(avoid, rnd=rnd, coverage=coverage), avoid, max_steps)
+    with each case's ``choices``) steers towards operations earlier cases have used least;
+    ``focus`` (names of ``op_`` methods, e.g. ``NEW_OPS``) are drawn for 3 in 5 steps."""
+    return _generate(Gen(avoid, rnd=rnd, coverage=coverage, focus=focus), avoid, max_steps)
 
 
-def sample_cases(n, avoid=KNOWN_BUGS, label=""):
+def uses(case, ops):
+    """True when one of ``case``'s steps made one of the operations ``ops`` (names of ``op_`` methods)."""
+    return any(cat in ("op", "focus") and name in ops for cat, name in case.choices)
+
+
+def sample_cases(n, avoid=KNOWN_BUGS, label="", focus=()):
     """``n`` distinct cases from a ``random.Random`` seeded by ``label``: the same list on every run
-    and machine, covering the operations evenly (see ``Gen.choose``)."""
+    and machine, covering the operations evenly (see ``Gen.choose``). With ``focus`` (operation
+    names, e.g. ``NEW_OPS``), those operations are drawn more often (their choice between them is
+    steered like the others) and only cases that use one of them are kept."""
     rnd = random.Random(f"gradc-fuzz {label}")
     out, seen, coverage = [], set(), collections.Counter()
     while len(out) < n:
-        case = random_case(rnd, avoid, coverage=coverage)
-        if case.source not in seen:
+        case = random_case(rnd, avoid, coverage=coverage, focus=focus)
+        if case.source not in seen and (not focus or uses(case, focus)):
             seen.add(case.source)
             out.append(case)
             coverage.update(case.choices)

@@ -130,3 +130,131 @@ def oracle(case, params, data):
         outs[name] = np.stack(cols, axis=1).reshape((case.n, *el.shape)) if el.shape else cols[0]
         k += size
     return loss, outs
+
+
+# ---- layers, as PyTorch defines them (element-wise over object arrays) -------------------
+# The references of gradc.layers' helpers, written from PyTorch's documentation (torch.nn.functional,
+# GRUCell, LSTMCell) with plain loops: nothing here reads gradc.layers. ``let`` (the generator's)
+# names an array of expressions as symbols of the oracle (a statistic read by every element).
+def sigmoid(e):
+    return 1 / (1 + sp.exp(-e))
+
+
+def zero_pad(x, pads):
+    """x (C, *spatial) with pads[d] = (before, after) zeros around spatial dimension d."""
+    shape = (x.shape[0],) + tuple(n + a + b for n, (a, b) in zip(x.shape[1:], pads))
+    out = np.empty(shape, dtype=object)
+    out[...] = sp.Integer(0)
+    out[(slice(None),) + tuple(slice(a, a + n) for n, (a, _) in zip(x.shape[1:], pads))] = x
+    return out
+
+
+def same_pads(kernel, dilation):
+    """padding='same' as PyTorch pads (stride 1): d * (k - 1) in all, the odd one after."""
+    return [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation)]
+
+
+def conv(x, w, b, stride, pads, dilation, groups):
+    """F.conv1d / F.conv2d of one sample: x (C, *spatial), w (O, C/groups, *kernel), b (O,) or None."""
+    xp = zero_pad(x, pads)
+    O, Cg, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    Og = O // groups
+    size = tuple((n - d * (k - 1) - 1) // s + 1 for n, k, s, d in zip(xp.shape[1:], kernel, stride, dilation))
+    out = np.empty((O,) + size, dtype=object)
+    for o in range(O):
+        g = o // Og
+        for pos in np.ndindex(*size):
+            terms = [w[(o, c) + kk] * xp[(g * Cg + c,) + tuple(s * p + d * q for p, q, s, d in
+                                                                zip(pos, kk, stride, dilation))]
+                     for c in range(Cg) for kk in np.ndindex(*kernel)]
+            out[(o,) + pos] = sp.Add(*terms) + (b[o] if b is not None else 0)
+    return out
+
+
+def _windows(xp, kernel, stride):
+    size = tuple((n - k) // s + 1 for n, k, s in zip(xp.shape[1:], kernel, stride))
+    for c in range(xp.shape[0]):
+        for pos in np.ndindex(*size):
+            yield (c,) + pos, [xp[(c,) + tuple(s * p + q for p, q, s in zip(pos, kk, stride))]
+                               for kk in np.ndindex(*kernel)]
+
+
+def max_pool(x, kernel, stride):
+    """F.max_pool1d / 2d without padding."""
+    size = tuple((n - k) // s + 1 for n, k, s in zip(x.shape[1:], kernel, stride))
+    out = np.empty((x.shape[0],) + size, dtype=object)
+    for idx, win in _windows(x, kernel, stride):
+        out[idx] = sp.Max(*win)
+    return out
+
+
+def avg_pool(x, kernel, stride, padding):
+    """F.avg_pool1d / 2d with zero padding counted in the mean (count_include_pad=True)."""
+    xp = zero_pad(x, [(p, p) for p in padding])
+    size = tuple((n - k) // s + 1 for n, k, s in zip(xp.shape[1:], kernel, stride))
+    out = np.empty((x.shape[0],) + size, dtype=object)
+    n = int(np.prod(kernel))
+    for idx, win in _windows(xp, kernel, stride):
+        out[idx] = sp.Add(*win) / n
+    return out
+
+
+def normalize(x, groups, eps, let):
+    """(x - mean) / sqrt(var + eps) over each group (a list of index lists covering x), the biased
+    variance computed from the mean: layer_norm and group_norm before their affine part."""
+    mean = let(np.array([sp.Add(*[x[i] for i in g]) / len(g) for g in groups] + [None], dtype=object)[:-1])
+    var = let(np.array([sp.Add(*[(x[i] - mean[n]) ** 2 for i in g]) / len(g) for n, g in enumerate(groups)]
+                       + [None], dtype=object)[:-1])
+    out = np.empty(x.shape, dtype=object)
+    for n, g in enumerate(groups):
+        for i in g:
+            out[i] = (x[i] - mean[n]) / sp.sqrt(var[n] + eps)
+    return out
+
+
+def rms_normalize(x, groups, eps, let):
+    """x / sqrt(mean(x**2) + eps) over each group (F.rms_norm before its weight)."""
+    ms = let(np.array([sp.Add(*[x[i] ** 2 for i in g]) / len(g) for g in groups] + [None], dtype=object)[:-1])
+    out = np.empty(x.shape, dtype=object)
+    for n, g in enumerate(groups):
+        for i in g:
+            out[i] = x[i] / sp.sqrt(ms[n] + eps)
+    return out
+
+
+def _affine(x, w, b):
+    """W x + b row by row (b None: none); x None: a zero vector."""
+    rows = w.shape[0]
+    out = np.empty(rows, dtype=object)
+    for j in range(rows):
+        s = sp.Integer(0) if x is None else sp.Add(*[w[j, k] * x[k] for k in range(w.shape[1])])
+        out[j] = s + (b[j] if b is not None else 0)
+    return out
+
+
+def gru_cell(x, h, w_ih, w_hh, b_ih, b_hh, let):
+    """torch.nn.GRUCell: gates r, z, n in that order of W's rows; h None is zeros."""
+    H = w_hh.shape[1]
+    gi, gh = let(_affine(x, w_ih, b_ih)), let(_affine(h, w_hh, b_hh))
+    out = np.empty(H, dtype=object)
+    for i in range(H):
+        r = sigmoid(gi[i] + gh[i])
+        z = sigmoid(gi[H + i] + gh[H + i])
+        n = sp.tanh(gi[2 * H + i] + r * gh[2 * H + i])
+        out[i] = (1 - z) * n + (z * h[i] if h is not None else 0)
+    return let(out)
+
+
+def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, let):
+    """torch.nn.LSTMCell: gates i, f, g, o; returns (h', c'); h, c None are zeros."""
+    H = w_hh.shape[1]
+    gates = let(_affine(x, w_ih, b_ih) + _affine(h, w_hh, b_hh))
+    c2 = np.empty(H, dtype=object)
+    h2 = np.empty(H, dtype=object)
+    for i in range(H):
+        c2[i] = sigmoid(gates[H + i]) * (c[i] if c is not None else 0) + \
+            sigmoid(gates[i]) * sp.tanh(gates[2 * H + i])
+    c2 = let(c2)
+    for i in range(H):
+        h2[i] = sigmoid(gates[3 * H + i]) * sp.tanh(c2[i])
+    return let(h2), c2
