@@ -23,7 +23,8 @@ def test_every_known_bug_has_a_regression_test():
     names = {"shadowed_sum_index": test_regression_nested_sum_reusing_the_outer_index_name,
              "piecewise_condition_ite": test_regression_piecewise_condition_on_a_piecewise_value,
              "floor_of_expression": test_regression_floor_of_an_expression_of_a_parameter,
-             "abs_of_integer": test_regression_abs_of_an_int32_input}
+             "abs_of_integer": test_regression_abs_of_an_int32_input,
+             "gather_through_divmod": test_regression_gather_by_an_int32_input_through_a_flatten}
     assert set(fuzz.KNOWN_BUGS) <= set(names), set(fuzz.KNOWN_BUGS) - set(names)
 
 
@@ -228,3 +229,38 @@ def test_regression_kernel_gradient_of_a_one_output_convolution():
                                  x=np.array([[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 1.0, 0.0]]))
         assert L == pytest.approx(1.0, rel=1e-6)
         np.testing.assert_allclose(g["p"], [2.0, 2.0, 2.0, 2.0], rtol=1e-6)
+
+
+@pytest.mark.xfail(strict=True, raises=gc.ModelError,
+                   reason="BUG: an int32 input gathering through // or % (P.flatten()[u]) is refused")
+def test_regression_gather_by_an_int32_input_through_a_flatten():
+    """loss = P.flatten()[u] = P[u // 3, u % 3] for P of shape (2, 3).
+
+    Found by the fuzzer's layer models (test_fuzz_layers.py's generator at 5454bdc): a gather
+    ``L.group_norm(p, 3)[u]`` reads the group's mean at ``u // 2``, and gradc refuses the index:
+    "index floor(u/3) of 'P': an index must be affine in the loop indices, with // and % by
+    positive integers" (so do ``x.reshape(2, 3)[u, 1]`` and ``P[u % 3]``; ``P[u]`` alone compiles).
+    With P = (0, 1, 2; 3, 4, 5) and u = 4, 1: loss = mean(P[1, 1], P[0, 1]) = 2.5 and dL/dP is 0.5
+    at (1, 1) and (0, 1), 0 elsewhere.
+    """
+    m = gc.Model("gather_through_flatten")
+    u = m.input("u", dtype="int32")
+    P = m.param("P", (2, 3))
+    m.loss(P.flatten()[u])
+    mod = gc.compile_model(m)
+    L, g = mod.loss_and_grad({"P": np.arange(6.0).reshape(2, 3)}, u=np.array([4, 1], dtype=np.int32))
+    assert L == pytest.approx(2.5, rel=1e-12)
+    np.testing.assert_allclose(g["P"], [[0.0, 0.5, 0.0], [0.0, 0.5, 0.0]], rtol=1e-12)
+
+
+def test_gather_through_a_flatten_stage_is_right():
+    """The workaround: make the flatten a stage (L.flatten, or m.define), so the gather reads it by u alone."""
+    from gradc import layers as Lyr
+    m = gc.Model("gather_flatten_stage")
+    u = m.input("u", dtype="int32")
+    P = m.param("P", (2, 3))
+    m.loss(Lyr.flatten(P)[u])
+    mod = gc.compile_model(m)
+    L, g = mod.loss_and_grad({"P": np.arange(6.0).reshape(2, 3)}, u=np.array([4, 1], dtype=np.int32))
+    assert L == pytest.approx(2.5, rel=1e-12)
+    np.testing.assert_allclose(g["P"], [[0.0, 0.5, 0.0], [0.0, 0.5, 0.0]], rtol=1e-12)

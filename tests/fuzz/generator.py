@@ -43,8 +43,8 @@ convolution's is (channels per group) * (kernel size) * |x| + |bias| (inputs sca
 sqrt(group size) * |weight| + |bias| (eps: PyTorch's default, 1e-3, 0.1 or 1); a GRU's state stays
 within max(1, |h|), an LSTM's cell grows by at most 1 a step. Conv and recurrent weights are new
 parameters that later steps do not read. A lazy expression read through ``//`` or ``%`` (a
-reshape, a grouped convolution, group_norm) is not gathered by an int32 input: gradc's indices are
-affine in the loop indices or an int32 input alone, and ``u // 3`` is neither (``Node.divmod``).
+reshape, a grouped convolution, group_norm) is not gathered by an int32 input while
+"gather_through_divmod" is a known bug (``Node.divmod``).
 
 Known compiler bugs the generator steers around are listed in ``KNOWN_BUGS``
 (each has a named, strict-xfail regression test in test_fuzz_regressions.py);
@@ -67,9 +67,12 @@ from .oracle import emap, gather, scalar_array, symbols
 
 # Constructs that trigger a known, still-present compiler bug. The generator avoids each one named
 # here; test_fuzz_regressions.py holds a strict-xfail test of each (test_every_known_bug_... maps them).
-# The four found so far are fixed: shadowed_sum_index, piecewise_condition_ite, floor_of_expression,
-# abs_of_integer.
-KNOWN_BUGS = ()
+# The four found first are fixed: shadowed_sum_index, piecewise_condition_ite, floor_of_expression,
+# abs_of_integer. Still present:
+# * gather_through_divmod: an int32 input gathering from a lazy expression read through // or %
+#   (P.flatten()[u], x.reshape(2, 3)[u, 1], L.group_norm(x, 2)[u]) is refused: "index floor(u/3) of
+#   'P': an index must be affine in the loop indices ..." (an index is affine or an int32 input alone).
+KNOWN_BUGS = ("gather_through_divmod",)
 
 HMAX = 20.0          # values are rescaled to stay below this bound
 LN2 = math.log(2.0)
@@ -251,8 +254,7 @@ class Node:
     pw: bool = False         # its expression (as later steps read it) holds a Piecewise
     bound: frozenset = frozenset()   # index names (k, j) bound by Sums inside its expression
     divmod: bool = False     # a lazy expression that reads through // or % of its indices (a reshape):
-    #                          it is not gathered by an int32 input (gradc's indices are affine in loop
-    #                          indices or an int32 input alone, and ``u // 3`` is neither)
+    #                          not gathered by an int32 input while "gather_through_divmod" is avoided
 
 
 @dataclass(eq=False)
@@ -386,6 +388,10 @@ class Gen:
                 any(e.is_integer for o in operands for e in o.elem.ravel()):
             return False
         return True
+
+    def gatherable(self, n):
+        """False when gathering from ``n`` by an int32 input would hit a known bug being avoided."""
+        return not (n.divmod and "gather_through_divmod" in self.avoid)
 
     def idx_fresh(self):
         name = self.fresh("q")
@@ -1035,7 +1041,7 @@ class Gen:
         u, rows = self.pick(self.ints)
         var = self.fresh()
         if u.shape:                                 # a bag of rows, summed: ids[k] inside a Sum
-            cands = [n for n in self.nodes if len(n.shape) == 2 and n.shape[0] == rows and not n.divmod]
+            cands = [n for n in self.nodes if len(n.shape) == 2 and n.shape[0] == rows and self.gatherable(n)]
             if not cands:
                 return
             x = self.pick(cands)
@@ -1054,7 +1060,7 @@ class Gen:
                 elem = np.array([gather(x.elem[:, c], u.syms[r]) for c in range(cols)], dtype=object)
             return self.finish_tensor(var, elem, n * x.hi, [x, _DATA], True, sig=("bag", u.name, x.vid))
         cands = [n for n in self.nodes if n.shape and len(n.shape) <= 2 and n.shape[0] == rows and not n.is_int
-                 and not n.divmod]
+                 and self.gatherable(n)]
         if not cands:
             return
         x = self.pick(cands)
