@@ -9,7 +9,8 @@ turns a nonzero code back into a message from the same table, so the two cannot 
 """
 from dataclasses import dataclass
 
-ABI_VERSION = 3      # 2: adam_apply returns a code (it was void in C); 3: adam_step keeps beta^t in beta_pow
+ABI_VERSION = 4      # 2: adam_apply returns a code (it was void in C); 3: adam_step keeps beta^t in beta_pow;
+#                      4: every entry point with a workspace takes its size (work_bytes), lanes fixed in the .c
 #: the most threads a threaded entry point takes (NAME_MAX_THREADS; more returns EARG)
 MAX_THREADS = 1024
 
@@ -34,6 +35,8 @@ ERROR_CODES = (
     ErrorCode("EIDENTITY", 6, "the object file or weights are not the ones the header describes (ABI version, "
                               "dtype, lanes or model hash differ)"),
     ErrorCode("ENONFINITE", 7, "the step's loss or gradient holds NaN or Inf; the parameters were left as they were"),
+    ErrorCode("EWORKSPACE", 8, "the workspace is smaller than the NAME_workspace_size function for this call says "
+                               "(work_bytes is short)"),
 )
 _BY_VALUE = {e.value: e for e in ERROR_CODES}
 EINDEX = 3
@@ -41,6 +44,7 @@ ECUDA = 4
 EARG = 5
 EIDENTITY = 6
 ENONFINITE = 7
+EWORKSPACE = 8
 
 
 def error_codes(target):

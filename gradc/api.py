@@ -277,13 +277,15 @@ def check_weights(files, prog, what="weights"):
     return out
 
 
-def export(model, outdir, weights=None, dtype="float64", inference_only=False, force=False, test_vectors=0):
+def export(model, outdir, weights=None, dtype="float64", inference_only=False, force=False, test_vectors=0,
+           lanes=16):
     """Write ``NAME.h``, ``NAME.c``, ``CMakeLists.txt`` (and ``NAME_weights.c`` from ``weights``) into
     ``outdir``.
 
     ``weights`` is a path (checkpoint or .npz of parameters) or a dict of arrays. ``test_vectors=N``
     (needs ``weights``) also writes ``NAME_selftest.c``: N seeded inputs and the outputs this
     module computes for them, checked against ``NAME_forward`` (a CTest test in the CMake build).
+    ``lanes``: the samples of a block, fixed in ``NAME.c`` (1 to 64; 1 needs the least workspace).
     Returns the paths written. A file in the way that gradc did not write is left alone
     (``OutputError``) unless ``force``. Example: ``gradc.api.export(m, "out", weights="run/checkpoint.npz")``.
     """
@@ -294,13 +296,15 @@ def export(model, outdir, weights=None, dtype="float64", inference_only=False, f
         raise ModelError("test vectors need the weights they check (give --weights)", where=None)
     if dtype not in ("float32", "float64"):
         raise ModelError(f"dtype must be float32 or float64, not {dtype!r}", where=None)
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= 64:
+        raise ModelError(f"lanes must be a whole number from 1 to 64, not {lanes!r}", where=None)
     prog = lower_model(model)
     with deep_guard(prog, "differentiating and rendering"):
         if inference_only:
-            src = render(prog, None, dtype, inference_only=True)
+            src = render(prog, None, dtype, inference_only=True, lanes=lanes)
         else:
             from .autodiff import differentiate
-            src = render(prog, differentiate(prog), dtype)
+            src = render(prog, differentiate(prog), dtype, lanes=lanes)
     files = {f"{src.name}.h": src.h, f"{src.name}.c": src.c}
     if weights is not None:
         params = read_weights(weights, prog) if isinstance(weights, (str, os.PathLike)) \

@@ -61,9 +61,10 @@ int main(void)
     tiny_real *y = mmap(NULL, max, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (x == MAP_FAILED || y == MAP_FAILED) { printf("nomap\n"); return 0; }
     tiny_real p[TINY_N_PARAMS] = {0.5f}, g[TINY_N_PARAMS], loss = -1;
-    void *w = malloc(tiny_workspace_size_threads(INT_MAX, 2));
+    const size_t wb = tiny_workspace_size_threads(INT_MAX, 2);
+    void *w = malloc(wb);
     /* two threads: the split of INT_MAX samples into shares, then each share's block loop to its end */
-    int rc = tiny_loss_grad_threads(2, INT_MAX, p, x, y, &loss, g, w);
+    int rc = tiny_loss_grad_threads(2, INT_MAX, p, x, y, &loss, g, w, wb);
     printf("%d %g %g\n", rc, (double)loss, (double)g[0]);
     free(w);
     return 0;
@@ -101,7 +102,7 @@ int main(void)
     double p[DIGITS_N_PARAMS] = {0}, x[64] = {0}, loss, g[DIGITS_N_PARAMS];
     int32_t y[1] = {0};
     static double w[1];
-    printf("%d\n", digits_loss_grad_threads(DIGITS_MAX_THREADS + 1, 1, p, x, y, &loss, g, w) == DIGITS_EARG);
+    printf("%d\n", digits_loss_grad_threads(DIGITS_MAX_THREADS + 1, 1, p, x, y, &loss, g, w, sizeof w) == DIGITS_EARG);
     return 0;
 }
 """
@@ -138,7 +139,7 @@ static void adam(double lr, double b1, double b2, double eps, int32_t step0, con
 {
     tiny_real p[1] = {0.5}, m[1] = {0.25}, v[1] = {0.125}, bp[2] = {0.9, 0.999}, g[1], loss;
     int32_t step = step0;
-    const int rc = tiny_adam_step(3, p, xs, y, lr, b1, b2, eps, &step, bp, m, v, &loss, g, work);
+    const int rc = tiny_adam_step(3, p, xs, y, lr, b1, b2, eps, &step, bp, m, v, &loss, g, work, sizeof work);
     printf("%d %d\n", rc, p[0] != 0.5 || m[0] != 0.25 || v[0] != 0.125 || step != step0 || bp[0] != 0.9
            || bp[1] != 0.999);
 }
@@ -157,16 +158,16 @@ int main(void)
     {   /* beta_pow outside [0, 1] */
         tiny_real p[1] = {0.5}, m[1] = {0}, v[1] = {0}, bp[2] = {1.5, 1}, g[1], loss;
         int32_t step = 0;
-        const int rc = tiny_adam_step(3, p, x, y, 0.01, 0.9, 0.999, 1e-8, &step, bp, m, v, &loss, g, work);
+        const int rc = tiny_adam_step(3, p, x, y, 0.01, 0.9, 0.999, 1e-8, &step, bp, m, v, &loss, g, work, sizeof work);
         printf("%d %d\n", rc, p[0] != 0.5);
     }
     adam(0.01, 0.9, 0.999, 1e-8, 0, bad);         /* the data make the gradient NaN */
     tiny_real p[1] = {0.5}, g[1], loss, m[1] = {0}, v[1] = {0};
-    int rc = tiny_sgd_step(3, p, bad, y, 0.1, &loss, g, work);
+    int rc = tiny_sgd_step(3, p, bad, y, 0.1, &loss, g, work, sizeof work);
     printf("%d %d\n", rc, p[0] != 0.5);
-    rc = tiny_sgd_step(3, p, x, y, INFINITY, &loss, g, work);
+    rc = tiny_sgd_step(3, p, x, y, INFINITY, &loss, g, work, sizeof work);
     printf("%d %d\n", rc, p[0] != 0.5);
-    rc = tiny_sgd_step(3, p, x, y, 0.1, &loss, g, work);
+    rc = tiny_sgd_step(3, p, x, y, 0.1, &loss, g, work, sizeof work);
     printf("%d %d\n", rc, p[0] != 0.5);
     /* adam_apply's own scalars: w1 = 1 - beta1 in (0, 1], bias_correction2_sqrt in (0, 1], eps > 0 */
     g[0] = 1;

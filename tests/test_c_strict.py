@@ -30,6 +30,7 @@ import pytest
 
 import gradc
 from conftest import EXAMPLES, ROOT
+from gradc.abi import EWORKSPACE
 
 GCC = shutil.which("gcc")
 GXX = shutil.which("g++")
@@ -246,7 +247,7 @@ def test_header_compiles_and_links_in_cxx17(built, tmp_path, name, dtype):
             {M}_real loss = 0;
             // n = 0 must be refused before any pointer is used: every function links and answers
             int rc = {M}_loss_grad(0, params.data(){", nullptr" * (len(meta["inputs"]) + len(meta["targets"]))},
-                                   &loss, grad.data(), work.data());
+                                   &loss, grad.data(), work.data(), work.size());
             std::printf("%d %d\\n", rc, {MU}_OK);
             return rc == {MU}_EBATCH ? 0 : 1;
         }}
@@ -368,7 +369,7 @@ static void *xmalloc(size_t bytes)
 }}
 """)
 
-    def call(fn, n="N", sub=None, loss="loss", grad="grad", work="work", params="params"):
+    def call(fn, n="N", sub=None, loss="loss", grad="grad", work="work", params="params", work_bytes="wsb"):
         sub = sub or {}
         a = [n, params]
         if fn == "forward":
@@ -377,7 +378,7 @@ static void *xmalloc(size_t bytes)
             a += [sub.get(p[1], var[p[1]]) for p in ins + tgs] + [loss]
             if fn == "loss_grad":
                 a.append(grad)
-        a.append(work)
+        a += [work, work_bytes]
         return f"{M}_{fn}({', '.join(a)})"
 
     w("int main(void)\n{\n    (void)fill_int;\n")
@@ -414,6 +415,9 @@ static void *xmalloc(size_t bytes)
     for n in ("0", "-1"):
         calls = ", ".join(call(fn, n=n) for fn in ("loss_grad", "loss", "forward"))
         w(f"    printf(\"rc_n{n} %d %d %d\\n\", {calls});\n")
+    # a workspace one byte short: EWORKSPACE, nothing written (ASan would see a write past it)
+    calls = ", ".join(call(fn, work_bytes="wsb - 1", loss="loss2", grad="grad2") for fn in ("loss_grad", "loss", "forward"))
+    w(f"    printf(\"rc_short %d %d %d\\n\", {calls});\n")
     # every pointer argument NULL in turn
     ptr_args = {
         "loss_grad": ["params"] + [p[1] for p in ins + tgs] + ["loss", "grad", "work"],
@@ -500,10 +504,11 @@ def test_c_driver_under_sanitizers_matches_python_module(built, model_dir, tmp_p
     assert p.returncode == 0, f"driver exited {p.returncode}:\n{p.stderr[-4000:]}"
     r = _parse(p.stdout)
 
-    # return codes, as documented in NAME.h (OK 0, EBATCH 1, ENULL 2, EINDEX 3)
+    # return codes, as documented in NAME.h (OK 0, EBATCH 1, ENULL 2, EINDEX 3, EWORKSPACE 8)
     assert r["rc_loss_grad"] == ["0"] and r["rc_loss"] == ["0"] and r["rc_forward"] == ["0"]
     assert r["rc_n0"] == ["1", "1", "1"], f"n = 0: {r['rc_n0']}"
     assert r["rc_n-1"] == ["1", "1", "1"], f"n = -1: {r['rc_n-1']}"
+    assert r["rc_short"] == [str(EWORKSPACE)] * 3, f"a workspace one byte short: {r['rc_short']}"
     for fn in ("loss_grad", "loss", "forward"):
         codes = r[f"rc_null_{fn}"]
         assert all(c == "2" for c in codes), f"{M}_{fn} with one NULL pointer argument in turn: {codes}"

@@ -5,7 +5,7 @@ Trained moons and digits models (examples/embed/prepare.py: a short training run
 
 1. examples/embed/main.c, built with gcc (and clang when installed) at -O0 and -O3 under
    ``-std=c99 -Wall -Wextra -Werror -pedantic -Wdouble-promotion -Wfloat-conversion``, at -O1
-   under AddressSanitizer + UBSan (also with ``-DNAME_LANES=1``), and at -O2 with
+   under AddressSanitizer + UBSan (also exported with ``--lanes 1``), and at -O2 with
    ``-fopenmp-simd -DGRADC_SIMD``, prints the same first outputs, SGD losses, final loss and
    final outputs as the Python module doing the same steps (1e-12 relative in float64, 1e-5 in
    float32);
@@ -24,7 +24,7 @@ Footprint measured by ``test_inference_only_object_is_small_and_footprint_is_rep
 (gcc 12, x86-64, the working tree of this writing; run with ``-s`` to print it afresh). Code =
 ``size`` text of the inference-only object; RAM = parameter bytes + workspace bytes
 (``NAME_N_PARAMS * sizeof(real) + NAME_WORKSPACE_BYTES``), at the default 16 lanes and with
-``-DNAME_LANES=1`` (code at -Os); "full" = the training export (forward, loss, loss_grad,
+``gradc export --lanes 1`` (code at -Os); "full" = the training export (forward, loss, loss_grad,
 sgd_step, adam_step), its RAM with the gradient buffer:
 
 | model  | dtype   | code -Os | code -O2 |     RAM | 1 lane: code | 1 lane: RAM | full -Os | full -O2 | full RAM |
@@ -244,17 +244,34 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def inference_export(prepared, tmp_path_factory):
-    """(model, dtype) -> folder of ``gradc export --inference-only --weights`` (through the CLI's main)."""
+    """(model, dtype, lanes=16) -> folder of ``gradc export --inference-only --weights --lanes N``
+    (through the CLI's main)."""
     from gradc.cli import main as cli_main
+    cache = {}
+
+    def get(model, dtype, lanes=16):
+        if (model, dtype, lanes) not in cache:
+            P = prepared(model, dtype)
+            out = tmp_path_factory.mktemp(f"inference-{model}-{dtype}-{lanes}")
+            rc = cli_main(["export", P.model_file, "--weights", os.path.join(P.dir, "weights.npz"),
+                           "--dtype", dtype, "--inference-only", "--lanes", str(lanes), "-o", str(out)])
+            assert rc == 0
+            cache[model, dtype, lanes] = str(out)
+        return cache[model, dtype, lanes]
+    return get
+
+
+@pytest.fixture(scope="module")
+def lanes1_export(prepared, tmp_path_factory):
+    """(model, dtype) -> folder of the training export with ``--lanes 1`` and the trained weights."""
+    from gradc.api import export, load_model_file
     cache = {}
 
     def get(model, dtype):
         if (model, dtype) not in cache:
             P = prepared(model, dtype)
-            out = tmp_path_factory.mktemp(f"inference-{model}-{dtype}")
-            rc = cli_main(["export", P.model_file, "--weights", os.path.join(P.dir, "weights.npz"),
-                           "--dtype", dtype, "--inference-only", "-o", str(out)])
-            assert rc == 0
+            out = tmp_path_factory.mktemp(f"lanes1-{model}-{dtype}")
+            export(load_model_file(P.model_file), str(out), os.path.join(P.dir, "weights.npz"), dtype, lanes=1)
             cache[model, dtype] = str(out)
         return cache[model, dtype]
     return get
@@ -285,7 +302,7 @@ def _parse_main(stdout, n):
 # ---- 1. examples/embed/main.c against the Python module ---------------------------------
 
 # The sanitizer build at -O1: at -O3, ASan makes gcc take 15 s over moons.c. Also the two builds
-# the generated source offers: -DNAME_LANES=1 (least memory) and -fopenmp-simd -DGRADC_SIMD (gradc's own).
+# the generated source offers: --lanes 1 (least memory) and -fopenmp-simd -DGRADC_SIMD (gradc's own).
 VARIANTS = [pytest.param("gcc", "-O0", False, id="gcc-O0"),
             pytest.param("gcc", "-O3", False, id="gcc-O3"),
             pytest.param("gcc", "-O1", True, id="gcc-O1-asan-ubsan"),
@@ -298,8 +315,8 @@ VARIANTS = [pytest.param("gcc", "-O0", False, id="gcc-O0"),
 
 @pytest.mark.parametrize("model,dtype", COMBOS)
 @pytest.mark.parametrize("cc,opt,sanitize", VARIANTS)
-def test_embed_main_with_trained_weights_matches_python_module_sgd(prepared, tmp_path, model, dtype, cc, opt,
-                                                                   sanitize):
+def test_embed_main_with_trained_weights_matches_python_module_sgd(prepared, lanes1_export, tmp_path, model, dtype,
+                                                                   cc, opt, sanitize):
     compiler = {"gcc": GCC, "clang": CLANG}[cc]
     if compiler is None:
         pytest.skip(f"{cc} is not installed")
@@ -307,17 +324,17 @@ def test_embed_main_with_trained_weights_matches_python_module_sgd(prepared, tmp
     opt, *extra = opt.split()
     with open(P.path(".c")) as f:
         source = f.read()
-    if extra == ["LANES=1"]:
-        if f"{P.MU}_LANES" not in source:
-            pytest.skip(f"{P.M}.c has no {P.MU}_LANES setting")
-        extra = [f"-D{P.MU}_LANES=1"]
+    d = P.dir
+    if extra == ["LANES=1"]:        # gradc export --lanes 1: the same numbers from blocks of one sample
+        d, extra = lanes1_export(model, dtype), []
     elif extra == ["SIMD"]:
         if "GRADC_SIMD" not in source:
             pytest.skip(f"{P.M}.c has no GRADC_SIMD build")
         extra = ["-fopenmp-simd", "-DGRADC_SIMD"]
     exe = tmp_path / "main"
-    _build([compiler, *STRICT, opt, *extra, *(SANITIZE if sanitize else []), f"-I{P.dir}",
-            f'-DGRADC_HEADER="{P.M}.h"', os.path.join(EMBED, "main.c"), P.path(".c"), P.path("_weights.c"),
+    _build([compiler, *STRICT, opt, *extra, *(SANITIZE if sanitize else []), f"-I{d}",
+            f'-DGRADC_HEADER="{P.M}.h"', os.path.join(EMBED, "main.c"), os.path.join(d, P.M + ".c"),
+            os.path.join(d, P.M + "_weights.c"),
             "-lm", "-o", str(exe)], tmp_path, f"building main.c for {model} {dtype} with {cc} {opt}")
     stdout = _run_sanitized([str(exe), os.path.join(P.dir, "samples.bin"), str(STEPS), LR], tmp_path,
                             f"main ({cc} {opt}{' sanitized' if sanitize else ''})")
@@ -375,7 +392,8 @@ int main(int argc, char **argv)
     @M@_real beta_pow[2] = {1, 1};
     for (int k = 0; k < steps; ++k) {
         @M@_real loss = 0;
-        const int rc = @M@_adam_step(n, params, x, y, lr, beta1, beta2, eps, &step, beta_pow, m, v, &loss, grad, work);
+        const int rc = @M@_adam_step(n, params, x, y, lr, beta1, beta2, eps, &step, beta_pow, m, v, &loss, grad, work,
+                                     @M@_workspace_size(n));
         if (rc != @MU@_OK) return 10 + rc;
         printf("step %d loss %.17g\n", k, (double)loss);
     }
@@ -447,7 +465,7 @@ int main()
     for (std::size_t j = 0; j < x.size(); ++j) x[j] = static_cast<@M@_real>(static_cast<int>(j % 7) - 3) / 8;
     if (@M@_workspace_size(n) > @MU@_WORKSPACE_BYTES) return 9;
     std::vector<unsigned char> work(@M@_workspace_size(n));
-    int rc = @M@_forward(n, @M@_weights, x.data(), out.data(), work.data());
+    int rc = @M@_forward(n, @M@_weights, x.data(), out.data(), work.data(), work.size());
     if (rc != @MU@_OK) return 10 + rc;
     std::printf("out");
     for (@M@_real v : out) std::printf(" %.17g", static_cast<double>(v));
@@ -458,7 +476,7 @@ int main()
         y[j] = static_cast<gradc_target>(GRADC_TARGET_IS_INT ? static_cast<int>(j % 10) : (j % 2 ? 1 : -1));
     std::vector<@M@_real> grad(@MU@_N_PARAMS);
     @M@_real loss = 0;
-    rc = gradc_loss_grad(n, @M@_weights, x.data(), y.data(), &loss, grad.data(), work.data());
+    rc = gradc_loss_grad(n, @M@_weights, x.data(), y.data(), &loss, grad.data(), work.data(), work.size());
     if (rc != @MU@_OK) return 20 + rc;
     std::printf("loss %.17g\n", static_cast<double>(loss));
 #endif
@@ -524,13 +542,14 @@ static pthread_barrier_t start;
 static void *run(void *arg)
 {
     job_t *job = arg;
-    void *work = malloc(gradc_workspace_size(job->n));       /* its own workspace */
+    const size_t work_bytes = gradc_workspace_size(job->n);
+    void *work = malloc(work_bytes);       /* its own workspace */
     gradc_real *grad = malloc(sizeof(gradc_real) * GRADC_N_PARAMS);
     if (!work || !grad) { job->rc = 99; return NULL; }
     pthread_barrier_wait(&start);
     for (int it = 0; it < ITERS; ++it) {
         gradc_real loss = 0;
-        const int rc = gradc_loss_grad(job->n, gradc_weights, job->x, job->y, &loss, grad, work);
+        const int rc = gradc_loss_grad(job->n, gradc_weights, job->x, job->y, &loss, grad, work, work_bytes);
         if (rc) job->rc = rc;
         if (memcmp(&loss, &job->loss_ref, sizeof loss) != 0
             || memcmp(grad, job->grad_ref, sizeof(gradc_real) * GRADC_N_PARAMS) != 0)
@@ -561,11 +580,12 @@ int main(int argc, char **argv)
     jobs[0].n = SPLIT; jobs[0].x = x; jobs[0].y = y;
     jobs[1].n = n - SPLIT; jobs[1].x = x + (size_t)SPLIT * GRADC_INPUT_SIZE;
     jobs[1].y = y + (size_t)SPLIT * GRADC_TARGET_SIZE;
-    void *work = malloc(gradc_workspace_size(n));
+    const size_t work_bytes = gradc_workspace_size(n);
+    void *work = malloc(work_bytes);
     if (!work) return 5;
     for (int t = 0; t < 2; ++t) {
         const int rc = gradc_loss_grad(jobs[t].n, gradc_weights, jobs[t].x, jobs[t].y, &jobs[t].loss_ref,
-                                       jobs[t].grad_ref, work);
+                                       jobs[t].grad_ref, work, work_bytes);
         if (rc) return 10 + rc;
     }
     if (memcmp(&jobs[0].loss_ref, &jobs[1].loss_ref, sizeof(gradc_real)) == 0) return 6;   /* distinct batches */
@@ -653,16 +673,15 @@ def test_inference_only_object_is_small_and_footprint_is_reported(prepared, infe
     for model, dtype in COMBOS:
         P = prepared(model, dtype)
         d = inference_export(model, dtype)
-        with open(os.path.join(d, P.M + ".h")) as f:
-            has_lanes = f"#ifndef {P.MU}_LANES" in f.read()
         for kind, src in (("inf", os.path.join(d, P.M + ".c")), ("full", P.path(".c"))):
             for opt in ("-Os", "-O2"):
                 obj = tmp_path / f"{model}-{dtype}-{kind}{opt}.o"
                 jobs.append(((model, dtype, kind, opt), [GCC, *STRICT, opt, "-c", src, "-o", str(obj)], obj))
-        if has_lanes:           # the least-memory build the header offers
-            obj = tmp_path / f"{model}-{dtype}-inf1-Os.o"
-            jobs.append(((model, dtype, "inf1", "-Os"), [GCC, *STRICT, "-Os", f"-D{P.MU}_LANES=1", "-c",
-                                                         os.path.join(d, P.M + ".c"), "-o", str(obj)], obj))
+        # the least-memory build: gradc export --inference-only --lanes 1
+        obj = tmp_path / f"{model}-{dtype}-inf1-Os.o"
+        jobs.append(((model, dtype, "inf1", "-Os"), [GCC, *STRICT, "-Os", "-c",
+                                                     os.path.join(inference_export(model, dtype, 1), P.M + ".c"),
+                                                     "-o", str(obj)], obj))
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as ex:
         results = list(ex.map(lambda j: _run(j[1], cwd=tmp_path), jobs))
     for (key, cmd, _), p in zip(jobs, results):
@@ -681,16 +700,15 @@ def test_inference_only_object_is_small_and_footprint_is_reported(prepared, infe
         ram_inf = params + inf[f"{MU}_WORKSPACE_BYTES"]
         ram_full = 2 * params + full[f"{MU}_WORKSPACE_BYTES"]
         assert inf["workspace_size_1"] <= inf[f"{MU}_WORKSPACE_BYTES"]
-        lanes = inf.get(f"{MU}_LANES")
-        if lanes is not None:       # the header's least-memory build: -DNAME_LANES=1
-            one = _probe(inference_export(model, dtype), P.M, sub, defines=[f"-D{MU}_LANES=1"])
-            README_ROWS[model, dtype] = [text[model, dtype, "inf", "-Os"], text[model, dtype, "inf1", "-Os"],
-                                         ram_inf, params + one[f"{MU}_WORKSPACE_BYTES"],
-                                         text[model, dtype, "full", "-Os"], ram_full]
-            ram_inf1 = f"{params + one[f'{MU}_WORKSPACE_BYTES']} B"
-            code_inf1 = f"{text[model, dtype, 'inf1', '-Os']} B"
-        else:
-            ram_inf1 = code_inf1 = "-"
+        lanes = inf[f"{MU}_LANES"]
+        (sub / "one").mkdir()
+        one = _probe(inference_export(model, dtype, 1), P.M, sub / "one")       # --lanes 1
+        assert one[f"{MU}_LANES"] == 1 and one["workspace_size_1"] == one[f"{MU}_WORKSPACE_BYTES"]
+        README_ROWS[model, dtype] = [text[model, dtype, "inf", "-Os"], text[model, dtype, "inf1", "-Os"],
+                                     ram_inf, params + one[f"{MU}_WORKSPACE_BYTES"],
+                                     text[model, dtype, "full", "-Os"], ram_full]
+        ram_inf1 = f"{params + one[f'{MU}_WORKSPACE_BYTES']} B"
+        code_inf1 = f"{text[model, dtype, 'inf1', '-Os']} B"
         SIZES[model, dtype] = s = dict(inf_Os=text[model, dtype, "inf", "-Os"], inf_O2=text[model, dtype, "inf", "-O2"],
                                        full_Os=text[model, dtype, "full", "-Os"],
                                        full_O2=text[model, dtype, "full", "-O2"], ram_inf=ram_inf, ram_full=ram_full,
@@ -1007,6 +1025,10 @@ int main(void)
     printf("%d %d %d %d %s %s\n", id->abi_version, id->real_bytes, id->lanes, id->n_params, id->model_hash,
            id->gradc_version);
     printf("%d\n", @M@_check_identity());
+    /* a call with the workspace this header asks for: EWORKSPACE when the object needs more */
+    static @M@_real work[@MU@_WORKSPACE_BYTES / sizeof(@M@_real)];
+    static double params[64], x[3 * 17], out[17];     /* room for whichever object is linked in */
+    printf("%d\n", @M@_forward(17, (@M@_real *)params, (@M@_real *)x, (@M@_real *)out, work, sizeof work));
 #ifdef WEIGHTS
     printf("%d\n", @M@_check_weights());
 #endif
@@ -1018,7 +1040,7 @@ def _identity_run(tmp_path, tag, header_dir, objects, defines=(), weights=False)
     """Build the client with ``header_dir``'s header and ``defines``; each source of ``objects``
     is compiled apart, with its own folder's header and no defines, then linked in."""
     src = tmp_path / f"{tag}.c"
-    src.write_text(IDENTITY.replace("@M@", "ident"))
+    src.write_text(IDENTITY.replace("@M@", "ident").replace("@MU@", "IDENT"))
     objs = []
     for i, o in enumerate(objects):
         out = tmp_path / f"{tag}_{i}.o"
@@ -1034,12 +1056,13 @@ def _identity_run(tmp_path, tag, header_dir, objects, defines=(), weights=False)
 @pytest.mark.skipif(GCC is None, reason="gcc is not installed")
 def test_identity_catches_other_dtype_lanes_model_and_weights(tmp_path):
     """The object's identity record is what it was built with; the header's check_identity returns
-    EIDENTITY (6) for a float32 header on a float64 object, a client built with -DNAME_LANES=1 against
-    a 16-lane object, and the header of a changed model on the old object; check_weights catches
-    weights trained for another version of the model."""
+    EIDENTITY (6) for a float32 header on a float64 object, the header of a 1-lane export (--lanes 1)
+    with a 16-lane object, and the header of a changed model on the old object; check_weights catches
+    weights trained for another version of the model. A client that sizes its workspace from the
+    1-lane header and calls the 16-lane object gets EWORKSPACE (8), not a heap overflow."""
     import gradc
     from gradc.api import export
-    from gradc.abi import ABI_VERSION, EIDENTITY
+    from gradc.abi import ABI_VERSION, EIDENTITY, EWORKSPACE
     from gradc.runtime import runtime_of
     models = {}
     for k in (3, 1):
@@ -1052,25 +1075,29 @@ def test_identity_catches_other_dtype_lanes_model_and_weights(tmp_path):
                         "m.loss((z - y) ** 2)\n")
         models[k] = str(path)
     dirs = {}
-    for name, k, dtype in (("v1_64", 3, "float64"), ("v1_32", 3, "float32"), ("v2_64", 1, "float64")):
+    for name, k, dtype, lanes in (("v1_64", 3, "float64", 16), ("v1_32", 3, "float32", 16),
+                                  ("v2_64", 1, "float64", 16), ("v1_64_l1", 3, "float64", 1)):
         d = tmp_path / name
         mod = gradc.load(models[k], dtype=dtype)
         export(gradc.api.load_model_file(models[k]), str(d), dtype=dtype,
-               weights={"w": mod.init_params(seed=0)["w"]})
+               weights={"w": mod.init_params(seed=0)["w"]}, lanes=lanes)
         dirs[name] = (d, runtime_of(mod).info.model_hash)
     d64, hash1 = dirs["v1_64"]
     obj = [str(d64 / "ident.c"), str(d64 / "ident_weights.c")]
-    rec, ok, wok = _identity_run(tmp_path, "same", d64, obj, weights=True)[:3]
+    rec, ok, call, wok = _identity_run(tmp_path, "same", d64, obj, weights=True)[:4]
     assert rec.split() == [str(ABI_VERSION), "8", "16", "3", hash1, gradc.__version__]
-    assert (ok, wok) == ("0", "0")
+    assert (ok, call, wok) == ("0", "0", "0")
     # a float32 header on the float64 object
     assert _identity_run(tmp_path, "dtype", dirs["v1_32"][0], obj)[1] == str(EIDENTITY)
-    # -DIDENT_LANES=1 in the client, 16 lanes in the object
-    assert _identity_run(tmp_path, "lanes", d64, obj, defines=["-DIDENT_LANES=1"])[1] == str(EIDENTITY)
+    # the header of a --lanes 1 export, 16 lanes in the object: caught at init, and a call with the
+    # workspace that header sizes is refused (it was a heap overflow when a define set the lanes)
+    assert _identity_run(tmp_path, "lanes", tmp_path / "v1_64_l1", obj)[1:3] == [str(EIDENTITY), str(EWORKSPACE)]
+    assert _identity_run(tmp_path, "lanes1", tmp_path / "v1_64_l1",
+                         [str(tmp_path / "v1_64_l1" / "ident.c")])[1:3] == ["0", "0"]
     # the changed model's header on the old object, and old weights with the new model
     d2, hash2 = dirs["v2_64"]
     assert hash2 != hash1
     assert _identity_run(tmp_path, "model", d2, [str(d64 / "ident.c")])[1] == str(EIDENTITY)
     out = _identity_run(tmp_path, "weights", d2, [str(d2 / "ident.c"), str(d64 / "ident_weights.c")],
                         weights=True)
-    assert out[1:3] == ["0", str(EIDENTITY)]
+    assert out[1] == "0" and out[3] == str(EIDENTITY)

@@ -79,3 +79,16 @@ def test_cmakelists_is_gradcs_and_test_vectors_need_weights(tmp_path, run_cli):
     assert r.returncode == 2 and "CMakeLists.txt" in r.stderr
     r = run_cli("export", model, "-o", str(tmp_path / "f"), "--test-vectors", "3")
     assert r.returncode == 2 and "test vectors need the weights" in r.stderr
+
+
+def test_lanes_are_fixed_in_the_source_and_checked(tmp_path, run_cli):
+    """--lanes N writes GC_L N into NAME.c and NAME_LANES N into the header (no #ifndef to override);
+    a count outside 1..64 is refused by name."""
+    model = os.path.join(EXAMPLES, "moons", "model.py")
+    r = run_cli("export", model, "-o", str(tmp_path / "one"), "--lanes", "1")
+    assert r.returncode == 0, r.stderr
+    c, h = (tmp_path / "one" / "moons.c").read_text(), (tmp_path / "one" / "moons.h").read_text()
+    assert "#define GC_L 1\n" in c and "#define MOONS_LANES 1\n" in h and "#ifndef MOONS_LANES" not in h
+    for bad in ("0", "65"):
+        r = run_cli("export", model, "-o", str(tmp_path / "bad"), "--lanes", bad)
+        assert r.returncode == 2 and "lanes must be a whole number from 1 to 64" in r.stderr, r.stderr

@@ -235,11 +235,11 @@ def test_bad_arguments_are_refused_by_name():
     work = np.empty(int(rt._ws_threads(5, 1)) // 8 + 1)
     ptr = rt._ptr
     for max_norm, scale in ((0.0, 0.2), (float("nan"), 0.2), (1.0, float("inf")), (1.0, 0.0)):
-        rc = fn(1, 5, ptr(p.flat), ptr(data["x"]), ptr(data["y"]), max_norm, scale, ptr(norms), ptr(out), ptr(g), ptr(work))
+        rc = fn(1, 5, ptr(p.flat), ptr(data["x"]), ptr(data["y"]), max_norm, scale, ptr(norms), ptr(out), ptr(g), ptr(work), work.nbytes)
         assert rc == 5          # EARG
-    rc = fn(1, 0, ptr(p.flat), ptr(data["x"]), ptr(data["y"]), 1.0, 0.2, ptr(norms), ptr(out), ptr(g), ptr(work))
+    rc = fn(1, 0, ptr(p.flat), ptr(data["x"]), ptr(data["y"]), 1.0, 0.2, ptr(norms), ptr(out), ptr(g), ptr(work), work.nbytes)
     assert rc == 1              # EBATCH
-    rc = fn(1, 5, ptr(p.flat), ptr(data["x"]), ptr(data["y"]), 1.0, 0.2, rt.ffi.NULL, ptr(out), ptr(g), ptr(work))
+    rc = fn(1, 5, ptr(p.flat), ptr(data["x"]), ptr(data["y"]), 1.0, 0.2, rt.ffi.NULL, ptr(out), ptr(g), ptr(work), work.nbytes)
     assert rc == 2              # ENULL
 
 
@@ -272,18 +272,22 @@ int main(int argc, char **argv)
     for (int j = 0; j < MU_N_PARAMS; ++j) p[j] = (NAME_real)((j * 37) % 23) / 23 - (NAME_real)0.5;
     for (int s = 0; s < n; ++s) w[s] = (NAME_real)(s % 3);
     DATA
-    void *w1 = malloc(NAME_workspace_size_norms(n, 1)), *wt = malloc(NAME_workspace_size_norms(n, T));
-    void *ww = malloc(NAME_workspace_size_threads(n, T));
+    const size_t b1 = NAME_workspace_size_norms(n, 1), bt = NAME_workspace_size_norms(n, T);
+    const size_t bw = NAME_workspace_size_threads(n, T);
+    void *w1 = malloc(b1), *wt = malloc(bt), *ww = malloc(bw);
     NAME_real L = 0, L1 = 0;
-    if (NAME_grad_norms(1, n, p, ARGS, n1, w1) != 0) return 3;
-    if (NAME_grad_norms(T, n, p, ARGS, nr, wt) != 0) return 4;
+    if (NAME_grad_norms(1, n, p, ARGS, n1, w1, b1) != 0) return 3;
+    if (NAME_grad_norms(T, n, p, ARGS, nr, wt, bt) != 0) return 4;
     double err = 0;
     for (int s = 0; s < n; ++s) if (nr[s] != n1[s]) err = 1;
-    if (NAME_loss_grad_clipped(1, n, p, ARGS, (NAME_real)0.5, (NAME_real)1 / n, n1, &L1, g1, w1) != 0) return 5;
-    if (NAME_loss_grad_clipped(T, n, p, ARGS, (NAME_real)0.5, (NAME_real)1 / n, nr, &L, g, wt) != 0) return 6;
+    if (NAME_loss_grad_clipped(1, n, p, ARGS, (NAME_real)0.5, (NAME_real)1 / n, n1, &L1, g1, w1, b1) != 0) return 5;
+    if (NAME_loss_grad_clipped(T, n, p, ARGS, (NAME_real)0.5, (NAME_real)1 / n, nr, &L, g, wt, bt) != 0) return 6;
     for (int j = 0; j < MU_N_PARAMS; ++j) { double d = g[j] - g1[j]; if (d < 0) d = -d; if (d > err) err = d; }
-    if (NAME_loss_grad_weighted(T, n, p, ARGS, w, &L, g, ww) != 0) return 7;
-    if (NAME_loss_grad_clipped(T, n, p, ARGS, (NAME_real)-1, (NAME_real)1, nr, &L, g, wt) != MU_EARG) return 8;
+    if (NAME_loss_grad_weighted(T, n, p, ARGS, w, &L, g, ww, bw) != 0) return 7;
+    if (NAME_loss_grad_clipped(T, n, p, ARGS, (NAME_real)-1, (NAME_real)1, nr, &L, g, wt, bt) != MU_EARG) return 8;
+    /* a workspace one byte short of what each asks: EWORKSPACE, nothing written */
+    if (NAME_grad_norms(T, n, p, ARGS, nr, wt, bt - 1) != MU_EWORKSPACE) return 9;
+    if (NAME_loss_grad_weighted(T, n, p, ARGS, w, &L, g, ww, bw - 1) != MU_EWORKSPACE) return 10;
     printf("%.3g\n", err);
     free(p); free(g); free(g1); free(nr); free(n1); free(w); free(w1); free(wt); free(ww); FREE
     return 0;

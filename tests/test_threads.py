@@ -100,15 +100,17 @@ int main(int argc, char **argv)
     for (int i = 0; i < n * 64; ++i) x[i] = (double)((i * 7919) % 17) / 16.0;
     for (int i = 0; i < n; ++i) y[i] = (i * 31) % 10;
     for (int i = 0; i < DIGITS_N_PARAMS; ++i) p[i] = (double)((i * 37) % 23) / 23.0 - 0.5;
-    void *w1 = malloc(digits_workspace_size(n));
-    void *wt = malloc(digits_workspace_size_threads(n, T));     /* exactly: ASan sees an overrun */
+    const size_t b1 = digits_workspace_size(n), bt = digits_workspace_size_threads(n, T);
+    void *w1 = malloc(b1);
+    void *wt = malloc(bt);     /* exactly: ASan sees an overrun */
     double L1 = 0, LT = 0;
-    if (digits_loss_grad(n, p, x, y, &L1, g1, w1) != 0) return 3;
-    if (digits_loss_grad_threads(T, n, p, x, y, &LT, g, wt) != 0) return 4;
+    if (digits_loss_grad(n, p, x, y, &L1, g1, w1, b1) != 0) return 3;
+    if (digits_loss_grad_threads(T, n, p, x, y, &LT, g, wt, bt) != 0) return 4;
     double err = L1 > LT ? L1 - LT : LT - L1;
     for (int j = 0; j < DIGITS_N_PARAMS; ++j) { double d = g[j] - g1[j]; if (d < 0) d = -d; if (d > err) err = d; }
     y[149] = 10;
-    if (digits_loss_grad_threads(T, n, p, x, y, &LT, g, wt) != DIGITS_EINDEX) return 5;
+    if (digits_loss_grad_threads(T, n, p, x, y, &LT, g, wt, bt) != DIGITS_EINDEX) return 5;
+    if (digits_loss_grad_threads(T, n, p, x, y, &LT, g, wt, bt - 1) != DIGITS_EWORKSPACE) return 6;
     printf("%.3g\n", err);
     free(x); free(g); free(g1); free(p); free(y); free(w1); free(wt);
     return 0;

@@ -77,7 +77,8 @@ int main(int argc, char **argv)
     gradc_real *params = malloc(sizeof(gradc_real) * GRADC_N_PARAMS);
     gradc_real *grad = malloc(sizeof(gradc_real) * GRADC_N_PARAMS);
     gradc_real *out = malloc(sizeof(gradc_real) * (size_t)n * GRADC_OUTPUT_SIZE);
-    void *work = malloc(gradc_workspace_size(n) + 1);
+    const size_t work_bytes = gradc_workspace_size(n);
+    void *work = malloc(work_bytes + 1);
     int rc = 1;
     if (!x || !y || !params || !grad || !out || !work) {
         fprintf(stderr, "out of memory or truncated samples file\n");
@@ -85,20 +86,20 @@ int main(int argc, char **argv)
     }
     memcpy(params, gradc_weights, sizeof(gradc_real) * GRADC_N_PARAMS);   /* the trained model */
 
-    if ((rc = gradc_forward(n, params, x, out, work)) != 0)
+    if ((rc = gradc_forward(n, params, x, out, work, work_bytes)) != 0)
         goto fail;
     print_outputs(n, out);
 
     gradc_real loss = 0;
     for (int k = 0; k < steps; ++k) {                                   /* on-device training */
-        if ((rc = gradc_sgd_step(n, params, x, y, lr, &loss, grad, work)) != 0)
+        if ((rc = gradc_sgd_step(n, params, x, y, lr, &loss, grad, work, work_bytes)) != 0)
             goto fail;
         printf("step %d loss %.17g\n", k, (double)loss);
     }
-    if ((rc = gradc_loss(n, params, x, y, &loss, work)) != 0)
+    if ((rc = gradc_loss(n, params, x, y, &loss, work, work_bytes)) != 0)
         goto fail;
     printf("final loss %.17g\n", (double)loss);
-    if ((rc = gradc_forward(n, params, x, out, work)) != 0)
+    if ((rc = gradc_forward(n, params, x, out, work, work_bytes)) != 0)
         goto fail;
     print_outputs(n, out);
     rc = 0;

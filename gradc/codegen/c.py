@@ -327,8 +327,9 @@ class Builder:
     an innermost loop over the block's samples that the C compiler vectorizes; parameter
     gradients are sums over that loop."""
 
-    def __init__(self, prog, grad, dtype, inference_only=False, isa=None):
+    def __init__(self, prog, grad, dtype, inference_only=False, isa=None, lanes=None):
         self.prog, self.grad, self.dtype = prog, grad, dtype
+        self.lanes = LANES if lanes is None else lanes
         self.isa = isa or host_isa()
         self.inference_only = inference_only
         self.real_t = DTYPES[dtype]
@@ -358,7 +359,7 @@ class Builder:
         flat = set(self.prog.outputs)
         if self.grad is not None and not self.inference_only:
             flat |= {r for a in self.grad.adjoints for _, _, r in self.outer_updates(a)}
-        lane_bytes = LANES * (4 if self.dtype == "float32" else 8)
+        lane_bytes = self.lanes * (4 if self.dtype == "float32" else 8)
         out = {}
         for t in self.prog.tensors.values():
             if t.kind != "stage" or t.scope != "sample" or len(t.shape) < 2 or t.name in flat:
@@ -552,7 +553,9 @@ class Builder:
     def unroll(self, extent):
         """How many outputs of a per-sample reduction one pass computes: the largest divisor of
         ``extent`` up to 8 whose accumulators the vector registers hold (``gradc.isa``)."""
-        return _unroll(extent, min(8, self.isa.tile_budget(LANES, 4 if self.dtype == "float32" else 8)))
+        if self.lanes == 1:     # one sample a block (an MCU's least-memory build): no vector to fill; least code
+            return 1
+        return _unroll(extent, min(8, self.isa.tile_budget(self.lanes, 4 if self.dtype == "float32" else 8)))
 
     def outer_updates(self, adj):
         """The updates of a per-sample dense layer's adjoint that are outer products,
@@ -879,16 +882,17 @@ def _function(B, key, segs, uses, own, extra, backward, outputs=()):
                 seg_params=any(s["uses_params"] for s in used))
 
 
-def render(prog, grad, dtype="float64", inference_only=False, isa=None):
+def render(prog, grad, dtype="float64", inference_only=False, isa=None, lanes=LANES):
     """Render ``prog`` (with its ``grad``) as C source, header and cffi cdef.
 
     ``inference_only`` renders ``forward`` alone (``grad`` may then be None), with a
     workspace holding just what the outputs need. ``isa`` (a ``gradc.isa.ISA``; default: this
-    machine's) sizes the register tiles; the source is portable C99 whatever it is.
+    machine's) sizes the register tiles; the source is portable C99 whatever it is. ``lanes``: the
+    samples of a block, fixed in the source (the Python build always uses ``LANES``).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be float32 or float64, not {dtype!r}")
-    B = Builder(prog, grad, dtype, inference_only, isa)
+    B = Builder(prog, grad, dtype, inference_only, isa, lanes)
     M = B.model
     outputs = [dict(name=B.c[o], size=prog.tensors[o].size, shape=list(prog.tensors[o].shape),
                     value="V_" + B.c[o], blocked=B.blocked(o)) for o in prog.outputs]
@@ -953,7 +957,7 @@ def render(prog, grad, dtype="float64", inference_only=False, isa=None):
         inference_only=inference_only, abi_version=ABI_VERSION, generic=generic, errors=abi.error_codes("c"),
         inputs=B.args(("input",)), targets=B.args(("target",)), outputs=outputs,
         params=B.layout["params"], n_params=B.layout["n_params"], ws=B.layout["ws"], ints=B.layout["ints"],
-        lanes=LANES, sample_adj=B.layout["sample_adj_range"], batch_adj=B.layout["batch_adj_range"],
+        lanes=B.lanes, sample_adj=B.layout["sample_adj_range"], batch_adj=B.layout["batch_adj_range"],
         loss="V_" + B.c[prog.loss], loss_adj="D_" + B.c[prog.loss], loss_per_sample=loss_st.scope == "sample", per_lane="norms" in funcs,
         reg=("V_" + B.c[prog.reg]) if prog.reg else None, reg_adj=("D_" + B.c[prog.reg]) if prog.reg else None,
         f=funcs, segments=segs, helpers=helper_functions(B.helpers, dtype),

@@ -424,9 +424,10 @@ class CModule:
         return raw[skip:skip + items * self.dtype.itemsize].view(self.dtype)
 
     def _work(self):
+        """(the one-thread workspace's pointer, its size in bytes): the last two arguments of a call."""
         wp = getattr(self._local, "wp", None)
-        if wp is None:
-            wp = self._local.wp = self._ptr(self._aligned(self.ws_bytes))      # the cdata keeps it alive
+        if wp is None:      # the cdata keeps the buffer alive
+            wp = self._local.wp = (self._ptr(self._aligned(self.ws_bytes)), self.ws_bytes)
         return wp
 
     def set_threads(self, threads):
@@ -454,12 +455,12 @@ class CModule:
         """The generated loss_grad (or loss_grad_threads) on prepared pointers: its return code."""
         T = min(self.threads, -(-n // LANES))      # no more threads than blocks: the kernel uses no more
         if T == 1:
-            return self._lg(n, fp, *ptrs, op, gp, self._work())
-        return self._lgt(T, n, fp, *ptrs, op, gp, self._threads_work(n, T))
+            return self._lg(n, fp, *ptrs, op, gp, *self._work())
+        return self._lgt(T, n, fp, *ptrs, op, gp, *self._threads_work(n, T))
 
     def _threads_work(self, n, T, size=None, key="wt"):
         """The workspace of ``size(n, T)`` bytes (``NAME_workspace_size_threads``), kept per Python
-        thread under ``key``."""
+        thread under ``key``: (its pointer, its size in bytes)."""
         if T > 1:
             if _Fork.child:
                 raise RuntimeError(f"set_threads({self.threads}): {_FORK_MESSAGE}")
@@ -470,7 +471,7 @@ class CModule:
             check_alloc(need, f"the workspace of {T} threads")
             w = (T, need, self._ptr(self._aligned(need)))
             setattr(self._local, key, w)
-        return w[2]
+        return w[2], w[1]
 
     def _per_sample_fn(self, what):
         fn = getattr(self.lib, f"{self.info.prefix}_{what}", None)
@@ -490,7 +491,7 @@ class CModule:
             work = self._threads_work(n, T)
         else:     # grad_norms, loss_grad_clipped: room for a block's gradients per thread
             work = self._threads_work(n, T, getattr(self.lib, f"{self.info.prefix}_workspace_size_norms"), "wn")
-        rc = fn(T, n, self._ptr(flat), *ptrs, *args, work)
+        rc = fn(T, n, self._ptr(flat), *ptrs, *args, *work)
         self._check(rc, what, data)
         return keep
 
@@ -594,7 +595,7 @@ class CModule:
         per_sample = sum(math.prod(o.shape) for o in self.info.outputs)
         check_alloc(n * per_sample * self.dtype.itemsize, f"the outputs of a batch of {n}")
         outs = {o.name: np.empty((n, *o.shape), dtype=self.dtype) for o in self.info.outputs}
-        rc = self._fwd(n, self._ptr(flat), *ptrs, *[self._ptr(o) for o in outs.values()], self._work())
+        rc = self._fwd(n, self._ptr(flat), *ptrs, *[self._ptr(o) for o in outs.values()], *self._work())
         self._check(rc, "forward", inputs)
         return outs
 
@@ -606,7 +607,7 @@ class CModule:
         flat = self._flat_params(params)
         n, ptrs = self._data_ptrs(data, self._specs, "input or target", dropout_rng)
         out = np.empty(1, dtype=self.dtype)
-        rc = self._loss(n, self._ptr(flat), *ptrs, self._ptr(out), self._work())
+        rc = self._loss(n, self._ptr(flat), *ptrs, self._ptr(out), *self._work())
         self._check(rc, "loss", data)
         return out.item()
 
@@ -628,7 +629,7 @@ class CModule:
     # ---- fused training steps: one call into C, no gradient dict ---------------------
     def _step_buffers(self):
         """Per thread: the gradient buffer and a one-value output, with their pointers, and the
-        one-thread workspace's pointer, reused by the fused steps."""
+        one-thread workspace's (pointer, size), reused by the fused steps."""
         b = getattr(self._local, "step", None)
         if b is None:
             g, out = np.empty(self.n_params, dtype=self.dtype), np.empty(1, dtype=self.dtype)
@@ -674,7 +675,7 @@ class CModule:
             _finite_step(out, g, "sgd_step")       # as the C step: no update from NaN or Inf
             flat -= self.dtype.type(lr) * g
             return out.item()
-        rc = self._sgd(n, self._held_ptr(flat), *ptrs, lr, op, gp, wp)
+        rc = self._sgd(n, self._held_ptr(flat), *ptrs, lr, op, gp, *wp)
         if rc:
             self._check(rc, "sgd_step", data)
         return out.item()
@@ -758,7 +759,7 @@ class CModule:
         g, gp, out, op, wp = self._step_buffers()
         fp = self._held_ptr(flat)
         if self.threads == 1:
-            rc = self._lg(n, fp, *ptrs, op, gp, wp)
+            rc = self._lg(n, fp, *ptrs, op, gp, *wp)
         else:
             rc = self._lg_call(n, fp, ptrs, op, gp)
         if rc:

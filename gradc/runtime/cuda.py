@@ -142,9 +142,10 @@ class CudaModule(CModule):
         return a
 
     def _work(self, n=1):
+        """(the device workspace's pointer, its size in bytes): the last two arguments of a call."""
         nbytes = int(self._ws_size(n))
         size = -(-nbytes // self.dtype.itemsize)
-        return self.ffi.cast("void *", self._scratch("ws", size).ptr)
+        return self.ffi.cast("void *", self._scratch("ws", size).ptr), size * self.dtype.itemsize
 
     def _per_sample_fn(self, what):
         raise ValueError(f"{what}: per-sample gradients (sample weights, DP-SGD's clipping) are built for "
@@ -195,7 +196,7 @@ class CudaModule(CModule):
         n, arrays = self._data(inputs, self.info.inputs, "input", dropout_rng)
         outs = {o.name: np.empty((n, *o.shape), dtype=self.dtype) for o in self.info.outputs}
         rc = self._fwd(n, dp, *[self._ptr(a) for a in arrays], *[self._ptr(o) for o in outs.values()],
-                       self._work(n))
+                       *self._work(n))
         self._check(rc, "forward", inputs)
         return outs
 
@@ -207,7 +208,7 @@ class CudaModule(CModule):
         dp = self._device_params(params)
         n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
         out = np.empty(1, dtype=self.dtype)
-        rc = self._loss(n, dp, *[self._ptr(a) for a in arrays], self._ptr(out), self._work(n))
+        rc = self._loss(n, dp, *[self._ptr(a) for a in arrays], self._ptr(out), *self._work(n))
         self._check(rc, "loss", data)
         return float(out[0])
 
@@ -215,7 +216,7 @@ class CudaModule(CModule):
         n, arrays = self._data(data, self._specs, "input or target", dropout_rng)
         out = np.empty(1, dtype=self.dtype)
         g = self._scratch("g", self.n_params)
-        rc = fn(n, dp, *[self._ptr(a) for a in arrays], *extra, self._ptr(out), self._dev(g), self._work(n))
+        rc = fn(n, dp, *[self._ptr(a) for a in arrays], *extra, self._ptr(out), self._dev(g), *self._work(n))
         return rc, float(out[0]), g
 
     def loss_and_grad(self, params, dropout_rng=None, **data):
