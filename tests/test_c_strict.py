@@ -20,6 +20,7 @@ driver and the Python module run the very same code.
 import difflib
 import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -587,3 +588,42 @@ def test_generated_source_is_byte_identical_across_processes_and_hash_seeds(mode
             diff = "\n".join(list(difflib.unified_diff(x.decode().splitlines(), y.decode().splitlines(),
                                                        "PYTHONHASHSEED=0", "PYTHONHASHSEED=12345", lineterm=""))[:40])
             pytest.fail(f"{fn} differs between processes:\n{diff}")
+
+
+# ---- 5. every example's export under -Wconversion, with gcc and clang ---------------------------
+CLANG = shutil.which("clang")
+CONVERSION = STRICT + FLOAT_WARN + ["-Wconversion"]
+
+
+def _example_models():
+    import glob
+    out = []
+    for path in sorted(glob.glob(os.path.join(EXAMPLES, "*", "model.py"))):
+        with open(path) as f:
+            names = re.findall(r"^(\w+) = gc\.Model\(", f.read(), re.M)
+        out += [(path, None)] if len(names) <= 1 else [(path, n) for n in names]
+    return out
+
+
+def test_every_example_export_compiles_under_conversion_warnings(tmp_path):
+    """Training and inference-only exports of every model under examples/, float32 and float64,
+    compile with gcc and clang under -std=c99 -Wall -Wextra -Werror -pedantic -Wshadow
+    -Wdouble-promotion -Wfloat-conversion -Wconversion (firmware projects build with these)."""
+    import concurrent.futures
+    from gradc.api import export, load_model_file
+    jobs = []
+    for path, model in _example_models():
+        m = load_model_file(path, model)
+        for dtype in DTYPES:
+            for inf in (False, True):
+                d = tmp_path / f"{m.name}-{dtype}-{'inf' if inf else 'train'}"
+                export(m, str(d), dtype=dtype, inference_only=inf)
+                src = next(p for p in d.iterdir() if p.suffix == ".c")
+                for cc in (GCC, CLANG):
+                    if cc is not None:
+                        jobs.append([cc, *CONVERSION, "-O1", "-c", str(src), "-o", str(src.with_suffix(f".{os.path.basename(cc)}.o"))])
+    assert len(jobs) >= 4 * len(_example_models())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as ex:
+        results = list(ex.map(lambda cmd: _run(cmd), jobs))
+    bad = [f"{' '.join(cmd)}\n{p.stderr[-2000:]}" for cmd, p in zip(jobs, results) if p.returncode != 0 or p.stderr]
+    assert not bad, "\n\n".join(bad[:3])
