@@ -59,7 +59,7 @@ def test_mnist_mlp_source_is_at_most_2000_lines(dtype):
     src = render(prog, differentiate(prog), dtype)
     lines = src.c.count("\n")
     assert lines <= 2000, f"mnist_mlp.c ({dtype}) has {lines} lines"
-    assert src.h.count("\n") <= 200
+    assert src.h.count("\n") <= 230      # with the identity and model-info records
 
 
 def test_compile_times_bench_formats_its_table():

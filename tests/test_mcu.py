@@ -134,6 +134,10 @@ def test_exported_model_on_an_emulated_mcu_matches_the_host(tmp_path, board, nam
                 q[k] -= np.float32(LR) * g[k]
         _close(_floats(r["loss"]), losses, f"{board} {name}: the SGD steps' losses")
         _close(_floats(r["param"]), np.concatenate([q[k].ravel() for k in q]), f"{board} {name}: parameters")
+    # the export's own stack estimate (NAME_info()->stack_bytes) bounds what the device used, but for
+    # main's and the reset handler's frames
+    est = int(re.search(r"(\d+), \"[0-9a-f]{64}\", \"[^\"]*\"\n\};", (d / f"{M}.c").read_text()).group(1))
+    assert r["stack"][0] <= est + 256, f"{board} {name}: the stack went {r['stack'][0]} bytes deep, estimate {est}"
     sizes = subprocess.run([SIZE, "-A", str(elf)], capture_output=True, text=True).stdout
     sec = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\.\w+)\s+(\d+)", sizes, re.M)}
     flash_b = sec.get(".isr_vector", 0) + sec.get(".text", 0) + sec.get(".ARM.exidx", 0) + sec.get(".data", 0)

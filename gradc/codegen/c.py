@@ -967,12 +967,70 @@ def render(prog, grad, dtype="float64", inference_only=False, isa=None, lanes=LA
         badj_n=0 if inference_only else B.layout["batch_adj_range"][1].at(1) - B.layout["batch_adj_range"][0].at(1),
         suffix="f" if dtype == "float32" else "", lit=(lambda x: f"{x}F" if dtype == "float32" else x),
     )
+    ctx["info"] = _info_record(B, prog, ctx, segs, funcs, inference_only)
     env = templates()
     c_text = env.get_template("c/model.c.j2").render(ctx)
     h = env.get_template("c/model.h.j2").render(ctx)
     cdef = env.get_template("c/cdef.j2").render(ctx)
     layout = dict(B.layout, c_names=B.c, prefix=M, model_hash=ctx["model_hash"])
     return Source(M, c_text, h, cdef, layout)
+
+
+#: the stack an entry point needs besides its register tiles: frames, saved registers, spills and
+#: scalar locals of the call chain (tests/test_embed.py and tests/test_mcu.py measure below it)
+STACK_BASE = 1024
+STACK_PER_NEST = 16
+
+
+def _tile_accumulators(nodes):
+    """How many block-wide accumulator arrays (``acc[GC_L]``) the statements ``nodes`` declare."""
+    n = 0
+    for x in nodes:
+        if isinstance(x, kir.LaneTile):
+            n += len(x.accs)
+        if isinstance(x, kir.Node):
+            n += _tile_accumulators(y for y in x._parts() if isinstance(y, kir.Node))
+    return n
+
+
+def c_string(text):
+    """``text`` as a C string literal that is safe whatever it holds: letters, digits and a few
+    punctuation marks as they are, every other byte (quotes, backslashes, ``?`` of a trigraph,
+    newlines, UTF-8) as an octal escape."""
+    safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_ .,:;+-*/=()[]<>~^!@#$%&{}|")
+    return '"' + "".join(chr(b) if chr(b) in safe else f"\\{b:03o}" for b in text.encode("utf-8")) + '"'
+
+
+def _info_record(B, prog, ctx, segs, funcs, inference_only):
+    """What ``NAME_info()`` returns: every tensor of the C interface (name, kind, shape, offset,
+    the id range of an int32 input used as an index or of a class label), the sizes a caller
+    allocates, and an upper bound of the stack an entry point uses."""
+    rows = []
+    kinds = [("param", "PARAM")] + [("input", "INPUT")] + ([] if inference_only else [("target", "TARGET")])
+    params = {p["name"]: p for p in B.layout["params"]}
+    for kind, macro in kinds:
+        for t in prog.tensors.values():
+            if t.kind != kind:
+                continue
+            bounds = prog.int_bounds.get(t.name)
+            rows.append(dict(name=c_string(t.name), c=B.c[t.name], kind=macro, is_int=int(t.dtype == INT),
+                             shape=list(t.shape), size=t.size, offset=params[t.name]["offset"] if kind == "param" else 0,
+                             ids=[b or 0 for b in bounds] if bounds else None))
+    for o in prog.outputs:
+        t = prog.tensors[o]
+        rows.append(dict(name=c_string(o), c=B.c[o], kind="OUTPUT", is_int=0, shape=list(t.shape), size=t.size,
+                         offset=0, ids=None))
+    nodes = [n for s in segs for n in s["nests"]]
+    for f in funcs.values():
+        if isinstance(f, dict):
+            for key in ("sample_bwd", "batch_bwd"):
+                nodes += list(f.get(key, ()) or ())
+    accs = _tile_accumulators(nodes) + (1 if "norms" in funcs else 0)     # grad_norms' ss[GC_L]
+    # values a compiler keeps across the nests of one function (it inlines them into the block
+    # loop): measured at -Os and -O2, at most about 16 bytes a nest (a GRU unrolled over 12 steps)
+    nests = sum(1 for n in nodes if isinstance(n, kir.Nest))
+    stack = STACK_BASE + accs * B.lanes * ctx["real_bytes"] + STACK_PER_NEST * nests
+    return dict(tensors=rows, stack=stack)
 
 
 def pr_number(x, dtype):
