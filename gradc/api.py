@@ -278,7 +278,7 @@ def check_weights(files, prog, what="weights"):
 
 
 def export(model, outdir, weights=None, dtype="float64", inference_only=False, force=False, test_vectors=0,
-           lanes=16):
+           lanes=16, trainable=None):
     """Write ``NAME.h``, ``NAME.c``, ``CMakeLists.txt`` (and ``NAME_weights.c`` from ``weights``) into
     ``outdir``.
 
@@ -286,6 +286,9 @@ def export(model, outdir, weights=None, dtype="float64", inference_only=False, f
     (needs ``weights``) also writes ``NAME_selftest.c``: N seeded inputs and the outputs this
     module computes for them, checked against ``NAME_forward`` (a CTest test in the CMake build).
     ``lanes``: the samples of a block, fixed in ``NAME.c`` (1 to 64; 1 needs the least workspace).
+    ``trainable``: the names of the parameters the device trains (fine-tuning the last layer:
+    ``["W3", "b3"]``); the others become constants of ``NAME.c`` with their values from ``weights``,
+    and ``params``, the gradient and Adam's state hold the trainable ones only.
     Returns the paths written. A file in the way that gradc did not write is left alone
     (``OutputError``) unless ``force``. Example: ``gradc.api.export(m, "out", weights="run/checkpoint.npz")``.
     """
@@ -299,16 +302,19 @@ def export(model, outdir, weights=None, dtype="float64", inference_only=False, f
     if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= 64:
         raise ModelError(f"lanes must be a whole number from 1 to 64, not {lanes!r}", where=None)
     prog = lower_model(model)
+    params = None
+    if weights is not None:
+        params = read_weights(weights, prog) if isinstance(weights, (str, os.PathLike)) \
+            else check_weights(dict(weights), prog)
+    frozen = _frozen(prog, trainable, params, inference_only)
     with deep_guard(prog, "differentiating and rendering"):
         if inference_only:
             src = render(prog, None, dtype, inference_only=True, lanes=lanes)
         else:
             from .autodiff import differentiate
-            src = render(prog, differentiate(prog), dtype, lanes=lanes)
+            src = render(prog, differentiate(prog, frozenset(frozen)), dtype, lanes=lanes, frozen=frozen)
     files = {f"{src.name}.h": src.h, f"{src.name}.c": src.c}
-    if weights is not None:
-        params = read_weights(weights, prog) if isinstance(weights, (str, os.PathLike)) \
-            else check_weights(dict(weights), prog)
+    if params is not None:
         files[f"{src.name}_weights.c"] = render_weights(src, params, dtype)
     if test_vectors:
         inputs, outputs = _test_vectors(model, prog, params, dtype, test_vectors)
@@ -321,6 +327,27 @@ def export(model, outdir, weights=None, dtype="float64", inference_only=False, f
         write_output(path, text.encode())
         written.append(path)
     return written
+
+
+def _frozen(prog, trainable, params, inference_only):
+    """For ``export(trainable=...)``: the other parameters with their values (they become constants
+    of the source), or {} when every parameter is trained."""
+    if trainable is None:
+        return {}
+    names = [trainable] if isinstance(trainable, str) else list(trainable)
+    known = [t.name for t in prog.params]
+    if not names:
+        raise ModelError("trainable names no parameter: give at least one (e.g. --trainable W3,b3)", where=None)
+    for n in names:
+        if n not in known:
+            raise ModelError(f"trainable: {n!r} is not a parameter of model {prog.name!r} (its parameters: "
+                             f"{', '.join(known)})", where=None)
+    if inference_only:
+        raise ModelError("trainable parameters need a training export; drop --inference-only", where=None)
+    if params is None:
+        raise ModelError("the parameters that are not trainable become constants of the source: give their "
+                         "values with --weights", where=None)
+    return {n: params[n] for n in known if n not in names}
 
 
 def _test_vectors(model, prog, params, dtype, n):

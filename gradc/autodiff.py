@@ -104,11 +104,12 @@ def local_derivatives(body, wrt):
     return out
 
 
-def differentiate(prog):
-    """The backward pass of ``prog``: adjoint nests for every stage the loss needs."""
+def differentiate(prog, frozen=frozenset()):
+    """The backward pass of ``prog``: adjoint nests for every stage the loss needs. Parameters in
+    ``frozen`` are constants here (a partial fine-tuning export): no gradient reaches them."""
     live = live_stages(prog, [prog.loss, prog.reg])
     # the loss and the regularization always own an adjoint: the kernel seeds them
-    has_grad = {t.name for t in prog.params} | {n for n in (prog.loss, prog.reg) if n}
+    has_grad = {t.name for t in prog.params if t.name not in frozen} | {n for n in (prog.loss, prog.reg) if n}
     for st in live:
         if st.grad and any(n in has_grad for b in st.bodies() for n, _, _ in reads(b, prog.tensors)):
             has_grad.add(st.name)

@@ -43,6 +43,9 @@ def _parser():
     e.add_argument("--weights", help="trained parameters: a checkpoint, or an .npz of arrays by parameter name")
     e.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     e.add_argument("--inference-only", action="store_true", help="forward only: smallest code and workspace")
+    e.add_argument("--trainable", metavar="NAMES",
+                   help="comma-separated parameters the device trains (fine-tuning: W3,b3); the others become "
+                        "constants of NAME.c from --weights, and params, grad and Adam's state hold these only")
     e.add_argument("--lanes", type=int, default=16, metavar="N",
                    help="samples per block, fixed in NAME.c (default 16, vectorized; 1: the least memory, for a "
                         "device that classifies one input at a time)")
@@ -234,7 +237,8 @@ def cmd_export(args):
     if args.name:
         model.name = args.name
     written = export(model, args.outdir, args.weights, args.dtype, args.inference_only, force=args.force,
-                     test_vectors=args.test_vectors, lanes=args.lanes)
+                     test_vectors=args.test_vectors, lanes=args.lanes,
+                     trainable=None if args.trainable is None else [n for n in args.trainable.split(",") if n])
     print(f"gradc: wrote {', '.join(written)}")
     return 0
 

@@ -327,9 +327,10 @@ class Builder:
     an innermost loop over the block's samples that the C compiler vectorizes; parameter
     gradients are sums over that loop."""
 
-    def __init__(self, prog, grad, dtype, inference_only=False, isa=None, lanes=None):
+    def __init__(self, prog, grad, dtype, inference_only=False, isa=None, lanes=None, frozen=None):
         self.prog, self.grad, self.dtype = prog, grad, dtype
         self.lanes = LANES if lanes is None else lanes
+        self.frozen = frozen or {}          # parameter -> its values, constants of the source
         self.isa = isa or host_isa()
         self.inference_only = inference_only
         self.real_t = DTYPES[dtype]
@@ -377,8 +378,12 @@ class Builder:
 
     def _layout(self):
         prog = self.prog
-        off, params = 0, []
+        off, params, foff, frozen = 0, [], 0, []
         for t in prog.params:
+            if t.name in self.frozen:       # in gc_frozen[], a constant array of the source (flash)
+                frozen.append(dict(name=t.name, c=self.c[t.name], offset=foff, size=t.size, shape=list(t.shape)))
+                foff += t.size
+                continue
             params.append(dict(name=t.name, c=self.c[t.name], offset=off, size=t.size, shape=list(t.shape)))
             off += t.size
         # an inference-only build keeps just what the outputs need
@@ -415,7 +420,7 @@ class Builder:
             else:
                 lanes_in[t.name] = ws
                 ws = ws + _Off(0, t.size)
-        return dict(params=params, n_params=off, values=values, sample_adj=sample_adj, batch_adj=batch_adj,
+        return dict(params=params, n_params=off, frozen=frozen, n_frozen=foff, values=values, sample_adj=sample_adj, batch_adj=batch_adj,
                     sample_adj_range=(sample_begin, sample_end), batch_adj_range=(batch_begin, batch_end),
                     lanes_in=lanes_in, mirrors=mirrors, ws=ws, ints=ints)
 
@@ -811,6 +816,8 @@ class Builder:
             if backward:
                 out.append((self.rt, "G_" + p["c"], f"grad + {off}"))
                 out.append((self.rt, "L_" + p["c"], f"lanes + {off} * GC_L"))     # per lane: per_lane.py
+        for p in L["frozen"]:
+            out.append(("const " + self.rt, "P_" + p["c"], f"gc_frozen + {p['offset']}"))
         for st in prog.stages:
             if st.name in L["values"]:
                 out.append((self.rt, "V_" + self.c[st.name], f"ws + {L['values'][st.name].c()}"))
@@ -882,17 +889,19 @@ def _function(B, key, segs, uses, own, extra, backward, outputs=()):
                 seg_params=any(s["uses_params"] for s in used))
 
 
-def render(prog, grad, dtype="float64", inference_only=False, isa=None, lanes=LANES):
+def render(prog, grad, dtype="float64", inference_only=False, isa=None, lanes=LANES, frozen=None):
     """Render ``prog`` (with its ``grad``) as C source, header and cffi cdef.
 
     ``inference_only`` renders ``forward`` alone (``grad`` may then be None), with a
     workspace holding just what the outputs need. ``isa`` (a ``gradc.isa.ISA``; default: this
     machine's) sizes the register tiles; the source is portable C99 whatever it is. ``lanes``: the
-    samples of a block, fixed in the source (the Python build always uses ``LANES``).
+    samples of a block, fixed in the source (the Python build always uses ``LANES``). ``frozen``:
+    parameter name -> values, written into the source as constants (``grad`` must treat them as
+    such: ``differentiate(prog, frozen)``); the entry points' ``params`` then hold the rest.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be float32 or float64, not {dtype!r}")
-    B = Builder(prog, grad, dtype, inference_only, isa, lanes)
+    B = Builder(prog, grad, dtype, inference_only, isa, lanes, frozen)
     M = B.model
     outputs = [dict(name=B.c[o], size=prog.tensors[o].size, shape=list(prog.tensors[o].shape),
                     value="V_" + B.c[o], blocked=B.blocked(o)) for o in prog.outputs]
@@ -957,11 +966,12 @@ def render(prog, grad, dtype="float64", inference_only=False, isa=None, lanes=LA
         inference_only=inference_only, abi_version=ABI_VERSION, generic=generic, errors=abi.error_codes("c"),
         inputs=B.args(("input",)), targets=B.args(("target",)), outputs=outputs,
         params=B.layout["params"], n_params=B.layout["n_params"], ws=B.layout["ws"], ints=B.layout["ints"],
+        frozen=_frozen_rows(B, dtype), n_frozen=B.layout["n_frozen"],
         lanes=B.lanes, sample_adj=B.layout["sample_adj_range"], batch_adj=B.layout["batch_adj_range"],
         loss="V_" + B.c[prog.loss], loss_adj="D_" + B.c[prog.loss], loss_per_sample=loss_st.scope == "sample", per_lane="norms" in funcs,
         reg=("V_" + B.c[prog.reg]) if prog.reg else None, reg_adj=("D_" + B.c[prog.reg]) if prog.reg else None,
         f=funcs, segments=segs, helpers=helper_functions(B.helpers, dtype),
-        model_hash=prog.digest(), gradc_version=__version__, max_threads=abi.MAX_THREADS,
+        model_hash=_export_hash(prog, B), gradc_version=__version__, max_threads=abi.MAX_THREADS,
         # float32 sums over a batch: in chunks, added with compensation (templates/c/model.c.j2)
         chunked=dtype == "float32" and not inference_only and loss_st.scope == "sample",
         badj_n=0 if inference_only else B.layout["batch_adj_range"][1].at(1) - B.layout["batch_adj_range"][0].at(1),
@@ -974,6 +984,29 @@ def render(prog, grad, dtype="float64", inference_only=False, isa=None, lanes=LA
     cdef = env.get_template("c/cdef.j2").render(ctx)
     layout = dict(B.layout, c_names=B.c, prefix=M, model_hash=ctx["model_hash"])
     return Source(M, c_text, h, cdef, layout)
+
+
+def _frozen_rows(B, dtype):
+    """The frozen parameters' values as rows of C literals, in their layout order."""
+    vals = []
+    for p in B.layout["frozen"]:
+        a = np.asarray(B.frozen[p["name"]], dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"parameter {p['name']!r} holds NaN or Inf; refusing to export it")
+        vals += [c_literal(v, dtype) for v in a]
+    return [", ".join(vals[i:i + 8]) for i in range(0, len(vals), 8)]
+
+
+def _export_hash(prog, B):
+    """The model hash: the program's, and with frozen parameters also which they are and their values
+    (their source is another object than the full model's)."""
+    if not B.frozen:
+        return prog.digest()
+    import hashlib
+    h = hashlib.sha256(prog.digest().encode())
+    for p in B.layout["frozen"]:
+        h.update(p["name"].encode() + b"\0" + np.ascontiguousarray(B.frozen[p["name"]], dtype=np.float64).tobytes())
+    return h.hexdigest()
 
 
 #: the stack an entry point needs besides its register tiles: frames, saved registers, spills and
@@ -1008,14 +1041,16 @@ def _info_record(B, prog, ctx, segs, funcs, inference_only):
     rows = []
     kinds = [("param", "PARAM")] + [("input", "INPUT")] + ([] if inference_only else [("target", "TARGET")])
     params = {p["name"]: p for p in B.layout["params"]}
+    frozen = {p["name"]: p for p in B.layout["frozen"]}
     for kind, macro in kinds:
         for t in prog.tensors.values():
             if t.kind != kind:
                 continue
             bounds = prog.int_bounds.get(t.name)
-            rows.append(dict(name=c_string(t.name), c=B.c[t.name], kind=macro, is_int=int(t.dtype == INT),
-                             shape=list(t.shape), size=t.size, offset=params[t.name]["offset"] if kind == "param" else 0,
-                             ids=[b or 0 for b in bounds] if bounds else None))
+            where = params.get(t.name) or frozen.get(t.name) or {"offset": 0}
+            rows.append(dict(name=c_string(t.name), c=B.c[t.name], kind="FROZEN" if t.name in frozen else macro,
+                             is_int=int(t.dtype == INT), shape=list(t.shape), size=t.size,
+                             offset=where["offset"], ids=[b or 0 for b in bounds] if bounds else None))
     for o in prog.outputs:
         t = prog.tensors[o]
         rows.append(dict(name=c_string(o), c=B.c[o], kind="OUTPUT", is_int=0, shape=list(t.shape), size=t.size,
