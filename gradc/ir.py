@@ -340,6 +340,10 @@ class _Lowering:
                     b[j] = n if b[j] is None else min(b[j], n)
                 continue
             if e.has(sp.floor, sp.Mod):           # index arithmetic: p[f // 9, (f % 9) // 3, f % 3]
+                if reads(e, self.tensors):
+                    raise ModelError(f"in {what}: index {e} of {name!r} divides an int32 input; a gather takes "
+                                     f"the id itself ({name}[u]): make the tensor it reads a stage of the shape "
+                                     f"the ids index (m.define, or a view such as {name}.flatten()[u])", where)
                 try:
                     lo, hi = index_range(e, ranges)
                 except ValueError as err:
@@ -349,6 +353,7 @@ class _Lowering:
                                      f"outside dimension {d} of size {n}", where)
                 continue
             lo = hi = 0
+            e = sp.expand(e)            # -(k - 2), as SymPy's Abs writes 2 - k, is affine too
             for term, coeff in e.as_coefficients_dict().items():
                 if not sp.sympify(coeff).is_Integer:
                     raise ModelError(f"in {what}: index {e} of {name!r} must have integer coefficients", where)

@@ -184,7 +184,13 @@ class TensorExpr:
                 raise ModelError(f"index {i} out of range for dimension {d} of {self._label()} (size {n})")
             parts.append(("at", i))
         if not view:
-            return self.fn(*(p[1] for p in parts))
+            idx = tuple(p[1] for p in parts)
+            out = self.fn(*idx)
+            if not isinstance(self, Tensor) and self._gathers_through_divmod(idx, out):
+                # a gather by an int32 input from a lazy view read through // and % (P.flatten()[u]):
+                # the view becomes a stage, read at the id itself, as a gather must be
+                out = self.model.materialize(self).fn(*idx)
+            return out
         shape = tuple(p[3] for p in parts if p[0] != "at")
 
         def fn(*j):
@@ -196,6 +202,22 @@ class TensorExpr:
                     out.append(p[1] if p[0] == "at" else p[1] + p[2] * j.pop(0))
             return self.fn(*out)
         return TensorExpr(self.model, shape, fn)
+
+    def _gathers_through_divmod(self, idx, out):
+        """Whether ``out`` (this view's element at ``idx``) divides or takes a remainder of an int32
+        input that is one of ``idx`` (a data-dependent index the IR checks only when it is bare)."""
+        ids = set()
+        for i in idx:
+            for s in sp.sympify(i).free_symbols:
+                d = self.model.decls.get(getattr(s, "name", None))
+                if d is not None and d.dtype == INT:
+                    ids.add(s.name)
+        if not ids:
+            return False
+        for node in sp.sympify(out).atoms(sp.floor, sp.Mod):
+            if {getattr(s, "name", None) for s in node.free_symbols} & ids:
+                return True
+        return False
 
     def _sympy_(self):
         # a tensor given to a SymPy function (sp.exp(t)) or mixed into a SymPy expression: say what
