@@ -17,7 +17,9 @@ operation), so CI is deterministic; they run in parallel over the available
 cores (``GRADC_FUZZ_JOBS``). The slow tests check 1,000 more models the same way
 (``-m slow``), and 100 drawn by the hypothesis strategy itself, which shrinks a
 failure to a small model. A failing model prints its source, ready to become a
-regression test in test_fuzz_regressions.py.
+regression test in test_fuzz_regressions.py. The default models also draw NumPy habits
+(slices, new axes, axis sums, reshapes, broadcasting), zero padding as a guarded read and
+``gradc.layers``; test_fuzz_layers.py checks 40 more models that each use one of those.
 
 Run: ``python -m pytest -q tests/test_fuzz.py`` (add ``-m slow -s`` for the long runs).
 """

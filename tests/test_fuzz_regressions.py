@@ -24,7 +24,8 @@ def test_every_known_bug_has_a_regression_test():
              "piecewise_condition_ite": test_regression_piecewise_condition_on_a_piecewise_value,
              "floor_of_expression": test_regression_floor_of_an_expression_of_a_parameter,
              "abs_of_integer": test_regression_abs_of_an_int32_input,
-             "gather_through_divmod": test_regression_gather_by_an_int32_input_through_a_flatten}
+             "gather_through_divmod": test_regression_gather_by_an_int32_input_through_a_flatten,
+             "abs_of_reversed_read": test_regression_abs_of_a_product_holding_a_reversed_read}
     assert set(fuzz.KNOWN_BUGS) <= set(names), set(fuzz.KNOWN_BUGS) - set(names)
 
 
@@ -264,3 +265,41 @@ def test_gather_through_a_flatten_stage_is_right():
     L, g = mod.loss_and_grad({"P": np.arange(6.0).reshape(2, 3)}, u=np.array([4, 1], dtype=np.int32))
     assert L == pytest.approx(2.5, rel=1e-12)
     np.testing.assert_allclose(g["P"], [[0.0, 0.5, 0.0], [0.0, 0.5, 0.0]], rtol=1e-12)
+
+
+@pytest.mark.xfail(strict=True, raises=gc.ModelError,
+                   reason="BUG: sp.Abs(x[2 - k] * x[k]) is refused: SymPy writes the index -(k - 2), not expanded")
+def test_regression_abs_of_a_product_holding_a_reversed_read():
+    """loss = p * Sum_k |x[2 - k] * x[k]| over k = 0..2.
+
+    Found by the 1,000-model run at 276b217 (model 548: a lazy ``x0[2 - a0] * x0[a0]``, gradc's
+    "reverse" read, under ``sp.Abs`` in an explicit Sum). SymPy's Abs takes the sign out of the
+    product and leaves the index as ``-(k - 2)``, an unexpanded Mul; gradc's affine check reads its
+    coefficients (``as_coefficients_dict``) as {k - 2: -1} and refuses the read: "index -(k - 2) of
+    'x' must be an affine function of loop indices or an int32 input". ``sp.Abs(x[2 - k])`` and the
+    product without Abs compile; ``sp.Abs(-x[2 - k])`` and ``sp.Abs(2 * x[2 - k])`` do not.
+    With x = (1, -2, 3) and p = 1: |3 * 1| + |-2 * -2| + |1 * 3| = 10, so L = 10 and dL/dp = 10.
+    """
+    m = gc.Model("abs_of_reversed_read")
+    k = gc.index("k")
+    x = m.input("x", (3,))
+    p = m.param("p")
+    m.loss(p * sp.Sum(sp.Abs(x[2 - k] * x[k]), (k, 0, 2)))
+    mod = gc.compile_model(m)
+    L, g = mod.loss_and_grad({"p": np.array(1.0)}, x=np.array([[1.0, -2.0, 3.0]]))
+    assert L == pytest.approx(10.0, rel=1e-12)
+    assert float(g["p"]) == pytest.approx(10.0, rel=1e-12)
+
+
+def test_abs_of_a_stage_holding_a_reversed_read_is_right():
+    """The workaround: make the product a stage (m.define), so Abs reads it at k."""
+    m = gc.Model("abs_of_reversed_stage")
+    k = gc.index("k")
+    x = m.input("x", (3,))
+    p = m.param("p")
+    q = m.define("q", (3,), lambda i: x[2 - i] * x[i])
+    m.loss(p * sp.Sum(sp.Abs(q[k]), (k, 0, 2)))
+    mod = gc.compile_model(m)
+    L, g = mod.loss_and_grad({"p": np.array(1.0)}, x=np.array([[1.0, -2.0, 3.0]]))
+    assert L == pytest.approx(10.0, rel=1e-12)
+    assert float(g["p"]) == pytest.approx(10.0, rel=1e-12)

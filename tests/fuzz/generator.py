@@ -72,7 +72,10 @@ from .oracle import emap, gather, scalar_array, symbols
 # * gather_through_divmod: an int32 input gathering from a lazy expression read through // or %
 #   (P.flatten()[u], x.reshape(2, 3)[u, 1], L.group_norm(x, 2)[u]) is refused: "index floor(u/3) of
 #   'P': an index must be affine in the loop indices ..." (an index is affine or an int32 input alone).
-KNOWN_BUGS = ("gather_through_divmod",)
+# * abs_of_reversed_read: sp.Abs of a product (or a negation) holding a read whose index runs backwards,
+#   x[2 - k] * x[k], is refused: SymPy's Abs writes the index -(k - 2), which gradc's affine check does
+#   not expand ("index -(k - 2) of 'x' must be an affine function of loop indices").
+KNOWN_BUGS = ("gather_through_divmod", "abs_of_reversed_read")
 
 HMAX = 20.0          # values are rescaled to stay below this bound
 LN2 = math.log(2.0)
@@ -255,6 +258,8 @@ class Node:
     bound: frozenset = frozenset()   # index names (k, j) bound by Sums inside its expression
     divmod: bool = False     # a lazy expression that reads through // or % of its indices (a reshape):
     #                          not gathered by an int32 input while "gather_through_divmod" is avoided
+    negidx: bool = False     # a lazy expression reading x[c - i] (an index running backwards): not put
+    #                          under sp.Abs while "abs_of_reversed_read" is avoided
 
 
 @dataclass(eq=False)
@@ -386,6 +391,8 @@ class Gen:
         """False when ``template`` over ``operands`` would hit a known bug being avoided."""
         if "abs_of_integer" in self.avoid and "Abs" in template and \
                 any(e.is_integer for o in operands for e in o.elem.ravel()):
+            return False
+        if "abs_of_reversed_read" in self.avoid and "Abs" in template and any(o.negidx for o in operands):
             return False
         return True
 
@@ -534,6 +541,7 @@ class Gen:
                              data=any(o.data for o in operands),
                              pw=style != "define" and ("Piecewise" in template or any(o.pw for o in operands)),
                              divmod=style != "define" and any(o.divmod for o in operands),
+                             negidx=style != "define" and any(o.negidx for o in operands),
                              bound=frozenset() if style == "define" else frozenset().union(*[o.bound for o in operands])),
                         sig)
 
@@ -709,7 +717,8 @@ class Gen:
                 elem = scalar_array(sp.Add(*[(x.elem[r + 1] / s) * (x.elem[r] / s) for r in range(n - 1)])
                                     if s > 1 else sp.Add(*[x.elem[r + 1] * x.elem[r] for r in range(n - 1)]))
                 hi = (n - 1) * (x.hi / s) ** 2
-            return self.finish_scalar(var, text, elem, hi, [x], sig=("shift", x.vid, text), bound=[kk])
+            return self.finish_scalar(var, text, elem, hi, [x], sig=("shift", x.vid, text), bound=[kk],
+                                      negidx=variant == "stride")
         if kind == "axis" and len(x.shape) == 2:
             self.features.add("axis_Sum")
             axis = self.pick([0, 1])
@@ -750,7 +759,7 @@ class Gen:
             return self.finish_tensor(var, elem, w.shape[0] * hw * hx, [x, w], not lazy,
                                       sig=("conv", w.vid, x.vid))
 
-    def finish_scalar(self, var, text, elem, hi, srcs, sig, bound=(), pw=False, divmod=False):
+    def finish_scalar(self, var, text, elem, hi, srcs, sig, bound=(), pw=False, divmod=False, negidx=False):
         if sig in self.sigs:
             return None
         if hi > HMAX:
@@ -766,9 +775,11 @@ class Gen:
                              data=any(x.data for x in srcs), vid=self.new_vid(),
                              pw=not handle and (pw or any(x.pw for x in srcs)),
                              divmod=not handle and (divmod or any(x.divmod for x in srcs)),
+                             negidx=not handle and (negidx or any(x.negidx for x in srcs)),
                              bound=frozenset() if handle else frozenset(bound).union(*[x.bound for x in srcs])), sig)
 
-    def finish_tensor(self, var, elem, hi, srcs, handle, sig, lo=0.0, bound=(), pw=False, divmod=False):
+    def finish_tensor(self, var, elem, hi, srcs, handle, sig, lo=0.0, bound=(), pw=False, divmod=False,
+                      negidx=False):
         if sig in self.sigs:
             return None
         if hi > HMAX:
@@ -780,13 +791,14 @@ class Gen:
                              data=any(x.data for x in srcs), vid=self.new_vid(),
                              pw=not handle and (pw or any(x.pw for x in srcs)),
                              divmod=not handle and (divmod or any(x.divmod for x in srcs)),
+                             negidx=not handle and (negidx or any(x.negidx for x in srcs)),
                              bound=frozenset() if handle else frozenset(bound).union(*[x.bound for x in srcs])), sig)
 
     def op_matmul(self):
         pairs = []
         for a in self.nodes:
             for b in self.nodes:
-                if len(a.shape) == 2 and b.shape and a.shape[1] == b.shape[0]:
+                if len(a.shape) == 2 and 1 <= len(b.shape) <= 2 and a.shape[1] == b.shape[0]:
                     pairs.append((a, b))
                 elif len(a.shape) == 1 and len(b.shape) == 2 and a.shape[0] == b.shape[0]:
                     pairs.append((a, b))
@@ -948,7 +960,7 @@ class Gen:
             self.emit(f"{var} = gc.TensorExpr(m, {shape!r}, lambda {letters}: {text})")
         else:
             self.emit(f'{var} = m.define("s{var[1:]}", {shape!r}, lambda {letters}: {text})')
-        return self.finish_tensor(var, elem, hi, ops, not lazy, sig, lo=lo)
+        return self.finish_tensor(var, elem, hi, ops, not lazy, sig, lo=lo, negidx=kind == "reverse")
 
     def op_transpose(self):
         x = self.pick_node(lambda n: len(n.shape) == 2)
@@ -956,7 +968,7 @@ class Gen:
         self.features.add("transpose")
         self.emit(f"{var} = {x.var}.T")
         self.add(Node(var, x.shape[::-1], x.elem.T.copy(), x.hi, x.lo, param=x.param, data=x.data, pw=x.pw,
-                      divmod=x.divmod,
+                      divmod=x.divmod, negidx=x.negidx,
                       vid=self.new_vid(), bound=x.bound),
                  sig=("T", x.vid))
 
@@ -1128,12 +1140,13 @@ class Gen:
         self.features.add(feature)
         var = self.fresh()
         sig = ("view", x.vid, text.split("[", 1)[1])
+        back = any(isinstance(i, slice) and (i.step or 1) < 0 for i in idx)
         if not elem.shape:
             return self.finish_scalar(var, text, elem, x.hi, [x], sig=sig)
         if sig in self.sigs:
             return None
         self.emit(f"{var} = {text}")
-        return self.finish_tensor(var, elem.copy(), x.hi, [x], False, sig=sig, lo=x.lo)
+        return self.finish_tensor(var, elem.copy(), x.hi, [x], False, sig=sig, lo=x.lo, negidx=back)
 
     def view_slice(self):
         x = self.pick_node(lambda n: n.shape)
@@ -1300,15 +1313,24 @@ class Gen:
         return self.finish_tensor(var, elem, hi, [a, b], False, sig=sig, lo=lo)
 
     def view_bcast(self):
-        """A vector over a matrix's rows (W + v), a matrix over a map (T * W), v * W in either order."""
-        pairs = [(a, b) for a in self.nodes for b in self.nodes
-                 if len(a.shape) > len(b.shape) >= 1 and a.shape[-len(b.shape):] == b.shape]
+        """A vector over a matrix's rows (W + v), a matrix over a map (T * W), v * W in either order;
+        sizes 1 stretched ((n, 1) against (m,) or (1, m))."""
+        def fits(a, b):
+            if a.shape == b.shape or not a.shape or not b.shape:
+                return False
+            try:
+                return int(np.prod(np.broadcast_shapes(a.shape, b.shape))) <= 64
+            except ValueError:
+                return False
+        pairs = [(a, b) for a in self.nodes for b in self.nodes if len(a.shape) >= len(b.shape) and fits(a, b)]
         if not pairs:
             return
-        a, b = self.pick(pairs)
+        grow = [(a, b) for a, b in pairs if np.broadcast_shapes(a.shape, b.shape) not in (a.shape, b.shape)]
+        a, b = self.pick(grow if grow and self.flag(0.6) else pairs)
+        stretch = np.broadcast_shapes(a.shape, b.shape) not in (a.shape, b.shape)
         if self.flag(0.4) and not (b.lo < 0.1 and a.lo >= 0.1):
             a, b = b, a                                # v + W as well as W + v
-        return self._broadcast(a, (), b, (), "broadcast_trailing")
+        return self._broadcast(a, (), b, (), "broadcast_stretch" if stretch else "broadcast_trailing")
 
     def view_bcast_col(self):
         """u[:, None] * v (an outer product), W + v[:, None] (a vector down the columns)."""
@@ -1414,7 +1436,8 @@ class Gen:
             self.emit(f'{var} = m.define("s{var[1:]}", {src.format(a=text)})')
         pw = name.startswith(("leaky", "elu"))
         if not x.shape:
-            self.add(Node(var, (), elem, bound(h), 0.0, handle=handle, param=x.param, data=x.data, divmod=x.divmod,
+            self.add(Node(var, (), elem, bound(h), 0.0, handle=handle, param=x.param, data=x.data,
+                          divmod=x.divmod and not handle, negidx=x.negidx and not handle,
                           vid=self.new_vid(), pw=pw and not handle, bound=frozenset() if handle else x.bound), sig)
             return
         return self.finish_tensor(var, elem, bound(h), [x], handle, sig=sig, pw=pw)
@@ -1591,7 +1614,7 @@ class Gen:
             args.append(f"bias={b[0]}")
         if eps != "default":
             args.append(f"eps={eps}")
-        e = sp.Float(float(eps)) if eps != "default" else sp.Float(1e-5 if kind != "rms_norm" else 2.220446049250313e-16)
+        e = sp.Float(float(eps) if eps != "default" else 1e-5 if kind != "rms_norm" else 2.220446049250313e-16)
         if kind == "rms_norm":
             elem = torch_ref.rms_normalize(X, groups, e, self.let)
         else:
@@ -1675,7 +1698,8 @@ class Gen:
             hv = self.fresh()
             out = f"({out}), {hv}" if lstm else f"{out}, {hv}"
         self.emit(f"{out} = L.unroll({lam}, {text}, {s0}{extra})")
-        self.finish_tensor(v1, state[0], 1.0 if lstm else max(1.0, states[0][2]), srcs, True, sig=("rnn", self.new_vid()))
+        self.finish_tensor(v1, state[0], 1.0 if lstm else max(1.0, states[0][2]), srcs, True,
+                           sig=("rnn", self.new_vid()))
         if lstm:
             self.finish_tensor(v2, state[1], hi_c + steps, srcs, True, sig=("rnn", self.new_vid()))
         if every and steps > 1:
