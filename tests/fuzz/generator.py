@@ -51,6 +51,7 @@ Known compiler bugs the generator steers around are listed in ``KNOWN_BUGS``
 ``fuzz_models(avoid=())`` generates them too.
 """
 import collections
+import importlib.util
 import math
 import random
 import zlib
@@ -223,11 +224,7 @@ def _index_text(i):
 HEADER = "import sympy as sp\nimport gradc as gc\n\nm = gc.Model(\"fuzz\")\nk, j = gc.index(\"k\"), gc.index(\"j\")\n"
 NS = {"sp": sp, "gc": gc}
 
-try:
-    import gradc.layers  # noqa: F401 (the layer helpers, drawn when this gradc has them)
-    HAVE_LAYERS = True
-except ImportError:
-    HAVE_LAYERS = False
+HAVE_LAYERS = importlib.util.find_spec("gradc.layers") is not None   # the layer helpers, drawn when present
 
 LET_SIZE = 120       # an element expression this large is named as a let of the oracle (Gen.compact)
 
@@ -1415,6 +1412,8 @@ class Gen:
         x = self.pick_node(lambda n: not n.is_int)
         name, src, fn, limit, bound = self.choose("act", ACTIVATIONS)
         text, X, h, _ = self.scaled_node(x, limit)
+        if name.startswith(("leaky", "elu")) and any(e.has(sp.Piecewise) for e in X.ravel()):
+            X = self.let(X)           # SymPy recurses without end on Piecewise((e, e > 0), ...) of a Piecewise e
         elem = emap(fn, x.shape, [X])
         style = self.choose("act_style", ["helper", "define", "map"] if x.shape else ["helper", "define"])
         var = self.fresh()
