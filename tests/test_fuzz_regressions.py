@@ -24,8 +24,9 @@ def test_every_known_bug_has_a_regression_test():
              "piecewise_condition_ite": test_regression_piecewise_condition_on_a_piecewise_value,
              "floor_of_expression": test_regression_floor_of_an_expression_of_a_parameter,
              "abs_of_integer": test_regression_abs_of_an_int32_input,
-             "gather_through_divmod": test_regression_gather_by_an_int32_input_through_a_flatten,
-             "abs_of_reversed_read": test_regression_abs_of_a_product_holding_a_reversed_read}
+             "gather_through_index_arithmetic": test_regression_gather_by_an_int32_input_through_index_arithmetic,
+             "abs_of_reversed_read": test_regression_abs_of_a_product_holding_a_reversed_read,
+             "sign_of_unreal": test_regression_sign_of_a_value_sympy_cannot_prove_real}
     assert set(fuzz.KNOWN_BUGS) <= set(names), set(fuzz.KNOWN_BUGS) - set(names)
 
 
@@ -233,21 +234,27 @@ def test_regression_kernel_gradient_of_a_one_output_convolution():
 
 
 @pytest.mark.xfail(strict=True, raises=gc.ModelError,
-                   reason="BUG: an int32 input gathering through // or % (P.flatten()[u]) is refused")
-def test_regression_gather_by_an_int32_input_through_a_flatten():
-    """loss = P.flatten()[u] = P[u // 3, u % 3] for P of shape (2, 3).
+                   reason="BUG: an int32 input gathering through index arithmetic (P.flatten()[u], x[::-1][u]) "
+                          "is refused")
+@pytest.mark.parametrize("view", ["flatten", "reverse"])
+def test_regression_gather_by_an_int32_input_through_index_arithmetic(view):
+    """loss = V[u] for a view V of P (2, 3): P.flatten() (read P[u // 3, u % 3]) or P.flatten() as a
+    stage reversed, S[::-1] (read S[5 - u]).
 
-    Found by the fuzzer's layer models (test_fuzz_layers.py's generator at 5454bdc): a gather
-    ``L.group_norm(p, 3)[u]`` reads the group's mean at ``u // 2``, and gradc refuses the index:
-    "index floor(u/3) of 'P': an index must be affine in the loop indices, with // and % by
-    positive integers" (so do ``x.reshape(2, 3)[u, 1]`` and ``P[u % 3]``; ``P[u]`` alone compiles).
-    With P = (0, 1, 2; 3, 4, 5) and u = 4, 1: loss = mean(P[1, 1], P[0, 1]) = 2.5 and dL/dP is 0.5
-    at (1, 1) and (0, 1), 0 elsewhere.
+    Found by the fuzzer's layer models: at 5454bdc a gather ``L.group_norm(p, 3)[u]`` reads the
+    group's mean at ``u // 2``; at 9ff64a2 (the 1,000-model run, model 204) ``p0[:0:-1, -3][u1]``
+    reads ``p0[5 - u1, 3]``. gradc refuses both indices: "index floor(u/3) of 'P': an index must be
+    affine in the loop indices, with // and % by positive integers", "index 5 - u of ... must be an
+    affine function of loop indices or an int32 input" (an int32 index must stand alone; ``P[u]``
+    compiles). With P = (0, 1, 2; 3, 4, 5) and u = 4, 1: the flatten reads 4 and 1 (loss 2.5, dL/dP
+    0.5 at (1, 1) and (0, 1)); the reversal reads S[1] = 1 and S[4] = 4 (loss 2.5, dL/dP 0.5 at
+    (0, 1) and (1, 1)).
     """
-    m = gc.Model("gather_through_flatten")
+    m = gc.Model("gather_through_" + view)
     u = m.input("u", dtype="int32")
     P = m.param("P", (2, 3))
-    m.loss(P.flatten()[u])
+    V = P.flatten() if view == "flatten" else m.define("S", P.flatten())[::-1]
+    m.loss(V[u])
     mod = gc.compile_model(m)
     L, g = mod.loss_and_grad({"P": np.arange(6.0).reshape(2, 3)}, u=np.array([4, 1], dtype=np.int32))
     assert L == pytest.approx(2.5, rel=1e-12)
@@ -303,3 +310,41 @@ def test_abs_of_a_stage_holding_a_reversed_read_is_right():
     L, g = mod.loss_and_grad({"p": np.array(1.0)}, x=np.array([[1.0, -2.0, 3.0]]))
     assert L == pytest.approx(10.0, rel=1e-12)
     assert float(g["p"]) == pytest.approx(10.0, rel=1e-12)
+
+
+@pytest.mark.xfail(strict=True, raises=gc.ModelError,
+                   reason="BUG: sp.sign of a value SymPy cannot prove real (a sqrt of a stage) fails to differentiate")
+def test_regression_sign_of_a_value_sympy_cannot_prove_real():
+    """loss = x * p[0] + sign(p[1] / sqrt(s + 1)), s = p[0] + p[1] + p[2] a stage.
+
+    Found by the 1,000-model run at 9ff64a2 (model 37: ``L.rms_norm(p2).map(sp.sign)``, whose
+    elements are p2[i] / sqrt(ms + eps) over a stage ms): "cannot differentiate x*p[0] +
+    sign(p[1]/sqrt(s + 1)) with respect to s". The sign is flat almost everywhere, so its derivative
+    is 0. sign(p[1] * s), and floor, Abs and Max of the same expression, compile; sign of a log or a
+    fractional power of a stage (sign(log(s + 3) * p[1])) fails the same way.
+    With p = (0.5, -1, 2) and x = 1, 2: s = 1.5, sign(-1 / sqrt(2.5)) = -1, so L = 1.5 * 0.5 - 1 = -0.25
+    and dL/dp = (mean x, 0, 0) = (1.5, 0, 0).
+    """
+    m = gc.Model("sign_of_unreal")
+    p = m.param("p", (3,))
+    x = m.input("x")
+    s = m.define("s", p.sum())
+    m.loss(x * p[0] + sp.sign(p[1] / sp.sqrt(s + 1)))
+    mod = gc.compile_model(m)
+    L, g = mod.loss_and_grad({"p": np.array([0.5, -1.0, 2.0])}, x=np.array([1.0, 2.0]))
+    assert L == pytest.approx(-0.25, rel=1e-12)
+    np.testing.assert_allclose(g["p"], [1.5, 0.0, 0.0], rtol=1e-12)
+
+
+def test_sign_of_a_stage_is_right():
+    """The workaround: make the value a stage (m.define), whose reads SymPy takes as real."""
+    m = gc.Model("sign_of_stage")
+    p = m.param("p", (3,))
+    x = m.input("x")
+    s = m.define("s", p.sum())
+    r = m.define("r", p[1] / sp.sqrt(s + 1))
+    m.loss(x * p[0] + sp.sign(r))
+    mod = gc.compile_model(m)
+    L, g = mod.loss_and_grad({"p": np.array([0.5, -1.0, 2.0])}, x=np.array([1.0, 2.0]))
+    assert L == pytest.approx(-0.25, rel=1e-12)
+    np.testing.assert_allclose(g["p"], [1.5, 0.0, 0.0], rtol=1e-12)

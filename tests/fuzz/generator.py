@@ -43,14 +43,15 @@ convolution's is (channels per group) * (kernel size) * |x| + |bias| (inputs sca
 sqrt(group size) * |weight| + |bias| (eps: PyTorch's default, 1e-3, 0.1 or 1); a GRU's state stays
 within max(1, |h|), an LSTM's cell grows by at most 1 a step. Conv and recurrent weights are new
 parameters that later steps do not read. A lazy expression read through ``//`` or ``%`` (a
-reshape, a grouped convolution, group_norm) is not gathered by an int32 input while
-"gather_through_divmod" is a known bug (``Node.divmod``).
+reshape, a slice, a reversal, a grouped convolution, group_norm) is not gathered by an int32 input
+while "gather_through_index_arithmetic" is a known bug (``Node.divmod``).
 
 Known compiler bugs the generator steers around are listed in ``KNOWN_BUGS``
 (each has a named, strict-xfail regression test in test_fuzz_regressions.py);
 ``fuzz_models(avoid=())`` generates them too.
 """
 import collections
+import importlib.util
 import math
 import random
 import zlib
@@ -69,13 +70,17 @@ from .oracle import emap, gather, scalar_array, symbols
 # here; test_fuzz_regressions.py holds a strict-xfail test of each (test_every_known_bug_... maps them).
 # The four found first are fixed: shadowed_sum_index, piecewise_condition_ite, floor_of_expression,
 # abs_of_integer. Still present:
-# * gather_through_divmod: an int32 input gathering from a lazy expression read through // or %
-#   (P.flatten()[u], x.reshape(2, 3)[u, 1], L.group_norm(x, 2)[u]) is refused: "index floor(u/3) of
-#   'P': an index must be affine in the loop indices ..." (an index is affine or an int32 input alone).
+# * gather_through_index_arithmetic: an int32 input gathering from a lazy expression that reads at
+#   anything but the plain index (P.flatten()[u], x[::-1][u], x[1:][u], L.group_norm(x, 2)[u]) is
+#   refused: "index floor(u/3) of 'P': an index must be affine in the loop indices ...", "index 5 - u
+#   of 'p0' must be an affine function of loop indices or an int32 input" (an int32 index must stand alone).
 # * abs_of_reversed_read: sp.Abs of a product (or a negation) holding a read whose index runs backwards,
 #   x[2 - k] * x[k], is refused: SymPy's Abs writes the index -(k - 2), which gradc's affine check does
 #   not expand ("index -(k - 2) of 'x' must be an affine function of loop indices").
-KNOWN_BUGS = ("gather_through_divmod", "abs_of_reversed_read")
+# * sign_of_unreal: sp.sign of an expression SymPy cannot prove real (a sqrt, log or fractional power
+#   of a stage: sign(p[1] / sqrt(s + 1))) fails to differentiate: "cannot differentiate ... with respect
+#   to s" (floor, ceiling, Abs and Max of the same compile).
+KNOWN_BUGS = ("gather_through_index_arithmetic", "abs_of_reversed_read", "sign_of_unreal")
 
 HMAX = 20.0          # values are rescaled to stay below this bound
 LN2 = math.log(2.0)
@@ -210,6 +215,12 @@ ACTIVATIONS = [
 NEW_OPS = ("view", "pad", "act", "conv", "pool", "norm", "rnn")
 
 
+def _unreal(e):
+    """True when ``e`` holds a root, log or inverse function (SymPy may not prove such a value real)."""
+    return any(isinstance(a, (sp.log, sp.asin, sp.acos, sp.atanh, sp.acosh)) or
+               (isinstance(a, sp.Pow) and not a.exp.is_integer) for a in sp.preorder_traversal(e))
+
+
 def _index_text(i):
     """One index of a subscript as Python text: 2, -1, None, ..., 1:, ::-1."""
     if i is Ellipsis:
@@ -223,11 +234,7 @@ def _index_text(i):
 HEADER = "import sympy as sp\nimport gradc as gc\n\nm = gc.Model(\"fuzz\")\nk, j = gc.index(\"k\"), gc.index(\"j\")\n"
 NS = {"sp": sp, "gc": gc}
 
-try:
-    import gradc.layers  # noqa: F401 (the layer helpers, drawn when this gradc has them)
-    HAVE_LAYERS = True
-except ImportError:
-    HAVE_LAYERS = False
+HAVE_LAYERS = importlib.util.find_spec("gradc.layers") is not None   # the layer helpers, drawn when present
 
 LET_SIZE = 120       # an element expression this large is named as a let of the oracle (Gen.compact)
 
@@ -256,10 +263,13 @@ class Node:
     data: bool = False       # depends on an input
     pw: bool = False         # its expression (as later steps read it) holds a Piecewise
     bound: frozenset = frozenset()   # index names (k, j) bound by Sums inside its expression
-    divmod: bool = False     # a lazy expression that reads through // or % of its indices (a reshape):
-    #                          not gathered by an int32 input while "gather_through_divmod" is avoided
+    divmod: bool = False     # a lazy expression that reads at other than its plain indices (a reshape's
+    #                          // and %, a slice, a reversal): not gathered by an int32 input while
+    #                          "gather_through_index_arithmetic" is avoided
     negidx: bool = False     # a lazy expression reading x[c - i] (an index running backwards): not put
     #                          under sp.Abs while "abs_of_reversed_read" is avoided
+    unreal: bool = False     # a lazy expression holding a root, log or inverse function (SymPy cannot
+    #                          prove it real): not put under sp.sign while "sign_of_unreal" is avoided
 
 
 @dataclass(eq=False)
@@ -394,11 +404,13 @@ class Gen:
             return False
         if "abs_of_reversed_read" in self.avoid and "Abs" in template and any(o.negidx for o in operands):
             return False
+        if "sign_of_unreal" in self.avoid and "sp.sign" in template and any(o.unreal for o in operands):
+            return False
         return True
 
     def gatherable(self, n):
         """False when gathering from ``n`` by an int32 input would hit a known bug being avoided."""
-        return not (n.divmod and "gather_through_divmod" in self.avoid)
+        return not (n.divmod and "gather_through_index_arithmetic" in self.avoid)
 
     def idx_fresh(self):
         name = self.fresh("q")
@@ -412,6 +424,8 @@ class Gen:
             self.sigs.add(sig)
         if node.hi > HMAX:
             raise AssertionError("internal: unscaled node")
+        if not node.handle and node.elem is not None and not node.unreal:
+            node.unreal = any(_unreal(e) for e in node.elem.ravel())
         self.compact(node)
         self.nodes.append(node)
         return node
@@ -542,6 +556,7 @@ class Gen:
                              pw=style != "define" and ("Piecewise" in template or any(o.pw for o in operands)),
                              divmod=style != "define" and any(o.divmod for o in operands),
                              negidx=style != "define" and any(o.negidx for o in operands),
+                             unreal=style != "define" and any(o.unreal for o in operands),
                              bound=frozenset() if style == "define" else frozenset().union(*[o.bound for o in operands])),
                         sig)
 
@@ -776,6 +791,7 @@ class Gen:
                              pw=not handle and (pw or any(x.pw for x in srcs)),
                              divmod=not handle and (divmod or any(x.divmod for x in srcs)),
                              negidx=not handle and (negidx or any(x.negidx for x in srcs)),
+                             unreal=not handle and any(x.unreal for x in srcs),
                              bound=frozenset() if handle else frozenset(bound).union(*[x.bound for x in srcs])), sig)
 
     def finish_tensor(self, var, elem, hi, srcs, handle, sig, lo=0.0, bound=(), pw=False, divmod=False,
@@ -792,6 +808,7 @@ class Gen:
                              pw=not handle and (pw or any(x.pw for x in srcs)),
                              divmod=not handle and (divmod or any(x.divmod for x in srcs)),
                              negidx=not handle and (negidx or any(x.negidx for x in srcs)),
+                             unreal=not handle and any(x.unreal for x in srcs),
                              bound=frozenset() if handle else frozenset(bound).union(*[x.bound for x in srcs])), sig)
 
     def op_matmul(self):
@@ -960,7 +977,8 @@ class Gen:
             self.emit(f"{var} = gc.TensorExpr(m, {shape!r}, lambda {letters}: {text})")
         else:
             self.emit(f'{var} = m.define("s{var[1:]}", {shape!r}, lambda {letters}: {text})')
-        return self.finish_tensor(var, elem, hi, ops, not lazy, sig, lo=lo, negidx=kind == "reverse")
+        return self.finish_tensor(var, elem, hi, ops, not lazy, sig, lo=lo, negidx=kind == "reverse",
+                                  divmod=kind in ("reverse", "shift"))
 
     def op_transpose(self):
         x = self.pick_node(lambda n: len(n.shape) == 2)
@@ -968,7 +986,7 @@ class Gen:
         self.features.add("transpose")
         self.emit(f"{var} = {x.var}.T")
         self.add(Node(var, x.shape[::-1], x.elem.T.copy(), x.hi, x.lo, param=x.param, data=x.data, pw=x.pw,
-                      divmod=x.divmod, negidx=x.negidx,
+                      divmod=x.divmod, negidx=x.negidx, unreal=x.unreal,
                       vid=self.new_vid(), bound=x.bound),
                  sig=("T", x.vid))
 
@@ -1146,7 +1164,7 @@ class Gen:
         if sig in self.sigs:
             return None
         self.emit(f"{var} = {text}")
-        return self.finish_tensor(var, elem.copy(), x.hi, [x], False, sig=sig, lo=x.lo, negidx=back)
+        return self.finish_tensor(var, elem.copy(), x.hi, [x], False, sig=sig, lo=x.lo, negidx=back, divmod=True)
 
     def view_slice(self):
         x = self.pick_node(lambda n: n.shape)
@@ -1415,6 +1433,8 @@ class Gen:
         x = self.pick_node(lambda n: not n.is_int)
         name, src, fn, limit, bound = self.choose("act", ACTIVATIONS)
         text, X, h, _ = self.scaled_node(x, limit)
+        if name.startswith(("leaky", "elu")) and any(e.has(sp.Piecewise) for e in X.ravel()):
+            X = self.let(X)           # SymPy recurses without end on Piecewise((e, e > 0), ...) of a Piecewise e
         elem = emap(fn, x.shape, [X])
         style = self.choose("act_style", ["helper", "define", "map"] if x.shape else ["helper", "define"])
         var = self.fresh()
@@ -1438,6 +1458,7 @@ class Gen:
         if not x.shape:
             self.add(Node(var, (), elem, bound(h), 0.0, handle=handle, param=x.param, data=x.data,
                           divmod=x.divmod and not handle, negidx=x.negidx and not handle,
+                          unreal=x.unreal and not handle,
                           vid=self.new_vid(), pw=pw and not handle, bound=frozenset() if handle else x.bound), sig)
             return
         return self.finish_tensor(var, elem, bound(h), [x], handle, sig=sig, pw=pw)
