@@ -28,5 +28,25 @@ def cse_block(exprs, prefix="t"):
     """
     # Dummy symbols cannot collide with a tensor that happens to be named t0
     syms = sp.numbered_symbols(prefix, cls=sp.Dummy, real=True)
-    temps, reduced = sp.cse(list(exprs), symbols=syms)
-    return temps, reduced
+    exprs = [sp.sympify(e) for e in exprs]
+    # A branch's condition is computed on its own, never from subexpressions shared with the rest of
+    # the block: the backward pass of a Max or Min evaluates one condition in several loop nests (one
+    # per adjoint it updates), and when the two sides tie (one value reached by two paths, a row of a
+    # tensor and a stage gathered from it) a condition rounded one way in one nest and another way in
+    # the next sends the gradient down both paths, or neither.
+    conds = []
+    for e in exprs:
+        for pw in e.atoms(sp.Piecewise):
+            conds += [c for _, c in pw.args if isinstance(c, sp.logic.boolalg.Boolean)
+                      and not isinstance(c, (sp.logic.boolalg.BooleanTrue, sp.logic.boolalg.BooleanFalse))
+                      and c not in conds]
+    if not conds:
+        temps, reduced = sp.cse(exprs, symbols=syms)
+        return temps, reduced
+    flags = {c: sp.Dummy(f"q{k}") for k, c in enumerate(conds)}
+    pre = []
+    for c, q in flags.items():
+        ct, (cr,) = sp.cse([c], symbols=syms)
+        pre += ct + [(q, cr)]
+    temps, reduced = sp.cse([e.xreplace(flags) for e in exprs], symbols=syms)
+    return pre + temps, reduced
