@@ -93,11 +93,12 @@ def local_derivatives(body, wrt):
     for w in wrt:
         g = sp.diff(b, dummies[w])
         g = g.replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.S.Zero)
-        # floor and ceiling are flat almost everywhere; sympy may wrap their derivative in a Subs
+        # floor, ceiling and sign are flat almost everywhere; sympy may wrap their derivative in a Subs
+        # (or leave sign's unevaluated, when it cannot prove the argument real: sign(p / sqrt(s + 1)))
+        flat = (sp.floor, sp.ceiling, sp.sign)
         g = g.replace(lambda e: isinstance(e, sp.Subs) and isinstance(e.expr, sp.Derivative)
-                      and isinstance(e.expr.expr, (sp.floor, sp.ceiling)), lambda e: sp.S.Zero)
-        g = g.replace(lambda e: isinstance(e, sp.Derivative)
-                      and isinstance(e.expr, (sp.floor, sp.ceiling)), lambda e: sp.S.Zero)
+                      and isinstance(e.expr.expr, flat), lambda e: sp.S.Zero)
+        g = g.replace(lambda e: isinstance(e, sp.Derivative) and isinstance(e.expr, flat), lambda e: sp.S.Zero)
         if g.has(sp.Derivative):
             raise ModelError(f"cannot differentiate {body} with respect to {w}")
         out.append(g.xreplace(back))

@@ -144,11 +144,11 @@ class TensorExpr:
             idx = (idx,)
         if any(i is Ellipsis for i in idx):
             if sum(i is Ellipsis for i in idx) > 1:
-                raise ModelError(f"{self._label()} was indexed with more than one '...'")
+                raise ModelError(f"{self.label()} was indexed with more than one '...'")
             e = idx.index(Ellipsis)
             idx = idx[:e] + (slice(None),) * (self.rank - (len(idx) - 1 - idx.count(None))) + idx[e + 1:]
         if len(idx) - idx.count(None) > self.rank:
-            raise ModelError(f"{self._label()} has rank {self.rank} but was indexed with "
+            raise ModelError(f"{self.label()} has rank {self.rank} but was indexed with "
                              f"{len(idx) - idx.count(None)} indices")
         idx = idx + (slice(None),) * (self.rank - len(idx) + idx.count(None))
         view = any(isinstance(i, slice) or i is None for i in idx)
@@ -162,33 +162,34 @@ class TensorExpr:
             if isinstance(i, slice):
                 for v in (i.start, i.stop, i.step):
                     if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
-                        raise ModelError(f"a slice of {self._label()} needs int bounds, got {i}")
+                        raise ModelError(f"a slice of {self.label()} needs int bounds, got {i}")
                 if i.step == 0:
-                    raise ModelError(f"a slice of {self._label()} needs a nonzero step, got {i}")
+                    raise ModelError(f"a slice of {self.label()} needs a nonzero step, got {i}")
                 r = range(n)[i]
                 if len(r) == 0:
                     raise ModelError(f"the slice {i.start}:{i.stop}:{i.step} of dimension {d} of "
-                                     f"{self._label()} is empty")
+                                     f"{self.label()} is empty")
                 parts.append(("range", r.start, r.step, len(r)))
                 continue
             if isinstance(i, (TensorExpr, sp.MatrixBase, list, tuple, slice)) or hasattr(i, "__array__"):
-                raise ModelError(f"index {d} of {self._label()} must be an int, an index symbol or a slice, "
+                raise ModelError(f"index {d} of {self.label()} must be an int, an index symbol or a slice, "
                                  f"not {type(i).__name__} (to gather rows by a vector of ids, use gc.embedding)")
             if isinstance(i, int) and not isinstance(i, bool) and -n <= i < 0:
                 i += n          # x[-1], as in NumPy
             try:
                 i = sp.sympify(i)
             except (sp.SympifyError, TypeError):
-                raise ModelError(f"index {d} of {self._label()} must be an int or an index symbol, not {i!r}")
+                raise ModelError(f"index {d} of {self.label()} must be an int or an index symbol, not {i!r}")
             if i.is_Integer and not 0 <= int(i) < n:
-                raise ModelError(f"index {i} out of range for dimension {d} of {self._label()} (size {n})")
+                raise ModelError(f"index {i} out of range for dimension {d} of {self.label()} (size {n})")
             parts.append(("at", i))
         if not view:
             idx = tuple(p[1] for p in parts)
             out = self.fn(*idx)
-            if not isinstance(self, Tensor) and self._gathers_through_divmod(idx, out):
-                # a gather by an int32 input from a lazy view read through // and % (P.flatten()[u]):
-                # the view becomes a stage, read at the id itself, as a gather must be
+            if not isinstance(self, Tensor) and self._gathers_through_arithmetic(idx, out):
+                # a gather by an int32 input from a lazy view that reads at arithmetic of the id
+                # (P.flatten()[u] reads P[u // 3, u % 3], S[::-1][u] reads S[5 - u]): the view becomes
+                # a stage, read at the id itself, as a gather must be
                 out = self.model.materialize(self).fn(*idx)
             return out
         shape = tuple(p[3] for p in parts if p[0] != "at")
@@ -203,9 +204,10 @@ class TensorExpr:
             return self.fn(*out)
         return TensorExpr(self.model, shape, fn)
 
-    def _gathers_through_divmod(self, idx, out):
-        """Whether ``out`` (this view's element at ``idx``) divides or takes a remainder of an int32
-        input that is one of ``idx`` (a data-dependent index the IR checks only when it is bare)."""
+    def _gathers_through_arithmetic(self, idx, out):
+        """Whether ``out`` (this view's element at ``idx``) reads some tensor at an index computed
+        from an int32 input among ``idx`` (``u // 3``, ``5 - u``) rather than at the input itself:
+        the IR takes an id only as a whole index."""
         ids = set()
         for i in idx:
             for s in sp.sympify(i).free_symbols:
@@ -214,9 +216,13 @@ class TensorExpr:
                     ids.add(s.name)
         if not ids:
             return False
-        for node in sp.sympify(out).atoms(sp.floor, sp.Mod):
-            if {getattr(s, "name", None) for s in node.free_symbols} & ids:
-                return True
+        for r in sp.sympify(out).atoms(sp.Indexed):
+            for c in r.indices:
+                c = sp.sympify(c)
+                names = {getattr(s, "name", None) for s in c.free_symbols}
+                bare = c.is_Symbol or (isinstance(c, sp.Indexed) and c.base.label.name in ids)
+                if names & ids and not bare:
+                    return True
         return False
 
     def _sympy_(self):
@@ -225,7 +231,8 @@ class TensorExpr:
         # TensorExpr.__rmul__ (SymPy's operators try sympify first and step aside on that error)
         raise TensorInSymPy(self)
 
-    def _label(self):
+    def label(self):
+        """How messages name it: ``tensor expression of shape (3, 4)``, ``input 'x' of shape (4,)``."""
         return "tensor expression of shape %s" % (self.shape,)
 
     def map(self, f):
@@ -303,7 +310,7 @@ class TensorExpr:
         out = []
         for a in axes:
             if not isinstance(a, int) or isinstance(a, bool) or not -self.rank <= a < self.rank:
-                raise ModelError(f"{what}: axis {a!r} is not a dimension of {self._label()}")
+                raise ModelError(f"{what}: axis {a!r} is not a dimension of {self.label()}")
             out.append(a % self.rank)
         if len(set(out)) != len(out):
             raise ModelError(f"{what}: axis {axis!r} names a dimension twice")
@@ -324,7 +331,7 @@ class TensorExpr:
             if s != -1:
                 known *= s if isinstance(s, int) and s > 0 else 0
         if known == 0 or n % known:
-            raise ModelError(f"reshape: cannot view {self._label()} ({n} elements) as {shape}")
+            raise ModelError(f"reshape: cannot view {self.label()} ({n} elements) as {shape}")
         shape = _shape(tuple(n // known if s == -1 else s for s in shape), "reshape")
         if shape == self.shape:
             return self
@@ -350,7 +357,7 @@ class TensorExpr:
         raise TypeError("tensor expressions are not iterable; index them (T[i]) or use T.M")
 
     def __repr__(self):
-        return f"<gradc {self._label()}>"
+        return f"<gradc {self.label()}>"
 
 
 class Tensor(TensorExpr):
@@ -369,7 +376,7 @@ class Tensor(TensorExpr):
     def name(self):
         return self.decl.name
 
-    def _label(self):
+    def label(self):
         return f"{self.decl.kind} {self.decl.name!r} of shape {self.shape}"
 
     @property
@@ -382,7 +389,7 @@ class Tensor(TensorExpr):
         raise ModelError(f".M needs rank 1 or 2, got shape {self.shape}")
 
     def __repr__(self):
-        return f"<gradc {self._label()}>"
+        return f"<gradc {self.label()}>"
 
 
 class Model:
@@ -617,15 +624,15 @@ class TensorInSymPy(ModelError, sp.SympifyError):
         cls = _sympy_caller()
         f = cls.__name__ if cls is not None else None
         if f is None:
-            msg = (f"{t._label()} was used where SymPy needs a scalar; index it (t[i]), reduce it "
+            msg = (f"{t.label()} was used where SymPy needs a scalar; index it (t[i]), reduce it "
                    f"(t.sum()), or apply a function to each element with gc.exp(t) or t.map(f)")
         elif f.lower() in _ELEMENTWISE:
-            msg = f"sympy.{f} was given {t._label()}; SymPy functions take scalars. For every element use gc.{f.lower()}(t)"
+            msg = f"sympy.{f} was given {t.label()}; SymPy functions take scalars. For every element use gc.{f.lower()}(t)"
         elif getattr(cls, "nargs", None) == sp.FiniteSet(1):
-            msg = (f"sympy.{f} was given {t._label()}; SymPy functions take scalars. For every element use "
+            msg = (f"sympy.{f} was given {t.label()}; SymPy functions take scalars. For every element use "
                    f"t.map(sympy.{f}), or gc.elementwise(sympy.{f})(t)")
         else:
-            msg = (f"sympy.{f} was given {t._label()}; SymPy functions take scalars. For every element use "
+            msg = (f"sympy.{f} was given {t.label()}; SymPy functions take scalars. For every element use "
                    f"t.map(lambda e: sympy.{f}(e, ...))" + (", or gc.relu(t) for Max(0, t)" if f == "Max" else ""))
         ModelError.__init__(self, msg)
 

@@ -188,13 +188,13 @@ def embedding(E, ids):
     ``X = gc.embedding(E, tokens)``. Each id is checked against E's rows when the model runs."""
     if not isinstance(E, Tensor) or E.rank != 2:
         raise ModelError(f"embedding needs a rank-2 parameter table, got "
-                         f"{E._label() if isinstance(E, TensorExpr) else type(E).__name__}")
+                         f"{E.label() if isinstance(E, TensorExpr) else type(E).__name__}")
     if isinstance(ids, TensorExpr):
         if not (isinstance(ids, Tensor) and ids.decl.dtype == "int32"):
             raise ModelError(f"embedding: the ids must be an int32 input (m.input(name, T, dtype='int32')), "
-                             f"not {ids._label()}")
+                             f"not {ids.label()}")
         if ids.rank != 1:
-            raise ModelError(f"embedding: the ids must be a vector of shape (T,), got {ids._label()}")
+            raise ModelError(f"embedding: the ids must be a vector of shape (T,), got {ids.label()}")
         return TensorExpr(E.model, (ids.shape[0], E.shape[1]), lambda t, k: E.fn(ids.fn(t), k))
     try:
         ids = sp.sympify(ids)

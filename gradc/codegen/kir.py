@@ -48,6 +48,10 @@ class Node:
             v = getattr(self, f.name)
             yield from (v if isinstance(v, tuple) else (v,))
 
+    def children(self):
+        """The statements nested in this one."""
+        return [x for x in self._parts() if isinstance(x, Node)]
+
     def names(self):
         out = set()
         for x in self._parts():

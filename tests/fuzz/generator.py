@@ -43,8 +43,8 @@ convolution's is (channels per group) * (kernel size) * |x| + |bias| (inputs sca
 sqrt(group size) * |weight| + |bias| (eps: PyTorch's default, 1e-3, 0.1 or 1); a GRU's state stays
 within max(1, |h|), an LSTM's cell grows by at most 1 a step. Conv and recurrent weights are new
 parameters that later steps do not read. A lazy expression read through ``//`` or ``%`` (a
-reshape, a slice, a reversal, a grouped convolution, group_norm) is not gathered by an int32 input
-while "gather_through_index_arithmetic" is a known bug (``Node.divmod``).
+reshape, a slice, a reversal, a grouped convolution, group_norm) is gathered by an int32 input
+too (``Node.divmod`` marks it, for ``avoid=("gather_through_index_arithmetic",)``).
 
 Known compiler bugs the generator steers around are listed in ``KNOWN_BUGS``
 (each has a named, strict-xfail regression test in test_fuzz_regressions.py);
@@ -68,19 +68,11 @@ from .oracle import emap, gather, scalar_array, symbols
 
 # Constructs that trigger a known, still-present compiler bug. The generator avoids each one named
 # here; test_fuzz_regressions.py holds a strict-xfail test of each (test_every_known_bug_... maps them).
-# The four found first are fixed: shadowed_sum_index, piecewise_condition_ite, floor_of_expression,
-# abs_of_integer. Still present:
-# * gather_through_index_arithmetic: an int32 input gathering from a lazy expression that reads at
-#   anything but the plain index (P.flatten()[u], x[::-1][u], x[1:][u], L.group_norm(x, 2)[u]) is
-#   refused: "index floor(u/3) of 'P': an index must be affine in the loop indices ...", "index 5 - u
-#   of 'p0' must be an affine function of loop indices or an int32 input" (an int32 index must stand alone).
-# * abs_of_reversed_read: sp.Abs of a product (or a negation) holding a read whose index runs backwards,
-#   x[2 - k] * x[k], is refused: SymPy's Abs writes the index -(k - 2), which gradc's affine check does
-#   not expand ("index -(k - 2) of 'x' must be an affine function of loop indices").
-# * sign_of_unreal: sp.sign of an expression SymPy cannot prove real (a sqrt, log or fractional power
-#   of a stage: sign(p[1] / sqrt(s + 1))) fails to differentiate: "cannot differentiate ... with respect
-#   to s" (floor, ceiling, Abs and Max of the same compile).
-KNOWN_BUGS = ("gather_through_index_arithmetic", "abs_of_reversed_read", "sign_of_unreal")
+# Fixed (their regression tests pass): shadowed_sum_index, piecewise_condition_ite, floor_of_expression,
+# abs_of_integer; gather_through_index_arithmetic (a lazy view gathered at arithmetic of an id becomes a
+# stage), abs_of_reversed_read (indices are expanded before the affine check), sign_of_unreal (sign's
+# unevaluated derivative is 0), min_tie_across_nests (a condition is computed the same way in every nest).
+KNOWN_BUGS = ()
 
 HMAX = 20.0          # values are rescaled to stay below this bound
 LN2 = math.log(2.0)
