@@ -647,7 +647,7 @@ TRAINING_FUNCS = ("loss", "loss_grad", "sgd_step", "adam_step")
 @pytest.mark.parametrize("model,dtype", COMBOS)
 def test_inference_only_export_defines_only_forward_and_workspace_size(prepared, inference_export, tmp_path,
                                                                        model, dtype):
-    """... and the identity record's function, which every export has."""
+    """... and the identity and model-info records' functions, which every export has."""
     P = prepared(model, dtype)
     d = inference_export(model, dtype)
     assert sorted(os.listdir(d)) == sorted([P.M + ".h", P.M + ".c", P.M + "_weights.c", "CMakeLists.txt"])
@@ -656,7 +656,7 @@ def test_inference_only_export_defines_only_forward_and_workspace_size(prepared,
     assert p.returncode == 0, p.stderr
     defined = sorted(line.split()[-1] for line in p.stdout.splitlines()
                      if len(line.split()) == 3 and line.split()[1] in "TDRB")
-    assert defined == sorted([f"{P.M}_forward", f"{P.M}_workspace_size", f"{P.M}_identity"]), p.stdout
+    assert defined == sorted([f"{P.M}_forward", f"{P.M}_workspace_size", f"{P.M}_identity", f"{P.M}_info"]), p.stdout
     for fn in TRAINING_FUNCS:
         assert not re.search(rf"\b{P.M}_{fn}\b", p.stdout), f"nm shows {P.M}_{fn}:\n{p.stdout}"
         with open(os.path.join(d, P.M + ".h")) as f:

@@ -99,4 +99,4 @@ def test_workspaces_start_on_a_cache_line(write_model):
     rt = mod.loss_and_grad.__self__          # the runtime object behind the module
     for _ in range(5):
         assert rt._aligned(1000).ctypes.data % 64 == 0
-    assert int(rt.ffi.cast("uintptr_t", rt._work())) % 64 == 0
+    assert int(rt.ffi.cast("uintptr_t", rt._work()[0])) % 64 == 0

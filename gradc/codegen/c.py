@@ -1022,16 +1022,24 @@ def _tile_accumulators(nodes):
         if isinstance(x, kir.LaneTile):
             n += len(x.accs)
         if isinstance(x, kir.Node):
-            n += _tile_accumulators(y for y in x._parts() if isinstance(y, kir.Node))
+            n += _tile_accumulators(x.children())
     return n
 
 
+#: the most bytes of a declared name the model record holds (longer names are cut there)
+NAME_BYTES = 255
+
+
 def c_string(text):
-    """``text`` as a C string literal that is safe whatever it holds: letters, digits and a few
-    punctuation marks as they are, every other byte (quotes, backslashes, ``?`` of a trigraph,
-    newlines, UTF-8) as an octal escape."""
-    safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_ .,:;+-*/=()[]<>~^!@#$%&{}|")
-    return '"' + "".join(chr(b) if chr(b) in safe else f"\\{b:03o}" for b in text.encode("utf-8")) + '"'
+    """``text`` as a C string literal that is safe whatever it holds: ASCII letters and digits as
+    they are, every other byte (``_``, quotes, backslashes, ``?`` of a trigraph, ``*/``, newlines,
+    UTF-8) as an octal escape, so the source holds no token of the name but runs of letters and
+    digits (not even a reserved ``_X`` or ``__LINE__``)."""
+    safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+    raw = text.encode("utf-8")
+    if len(raw) > NAME_BYTES:       # C99 compilers need to take strings of 4,095 characters only
+        raw = raw[:NAME_BYTES]
+    return '"' + "".join(chr(b) if chr(b) in safe else f"\\{b:03o}" for b in raw) + '"'
 
 
 def _info_record(B, prog, ctx, segs, funcs, inference_only):
