@@ -489,6 +489,9 @@ class _Lowering:
 
         def split_node(e):
             if is_log_sum_exp(e) and not self.shifted(e):
+                inner = self.unshadow(e.args[0], loops)     # its index may be an enclosing loop's name
+                if inner is not e.args[0]:
+                    e = sp.log(inner, evaluate=False)
                 return visit(self.log_sum_exp(e, order, loops, where, what))
             if isinstance(e, sp.Sum):
                 e = self.unshadow(e, loops)

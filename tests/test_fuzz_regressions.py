@@ -383,3 +383,28 @@ def test_regression_min_tie_between_a_row_and_a_stage_gathered_from_it():
                 q[k][idx] -= 2e-6
                 fd[idx] = (up - mod.loss(q, y=Y)) / 2e-6
             np.testing.assert_allclose(g[k], fd, rtol=1e-6, atol=1e-8, err_msg=f"seed {seed}: {k}")
+
+
+def test_regression_log_sum_exp_reusing_an_enclosing_sum_index():
+    """loss = Sum_j (x[j] * lse) over j = 0..2, lse = log(Sum_j exp(p[j])) over j = 0..1, with the
+    same index symbol j in both sums.
+
+    Found by the 1,000-model run at 9d4e3a5 (model 729: ``sp.log(sp.Sum(sp.exp(n1[j]), (j, 0, 1)))``
+    read inside a define's ``sp.Sum(..., (j, 0, 2))``): the stable log-sum-exp rewrite took the inner
+    Sum's j for the enclosing loop's, "index j.m5 of stage '~r4' runs over 0..2, outside dimension 0
+    of size 2". A plain Sum renamed its shadowed index already (shadowed_sum_index); the log-sum-exp
+    path now does too. With p = (0, log 3): lse = log 4, so L = mean over samples of log 4 * sum(x),
+    dL/dp = mean(sum(x)) * softmax(p) = mean(sum(x)) * (1/4, 3/4).
+    """
+    m = gc.Model("lse_shadow")
+    j = gc.index("j")
+    p = m.param("p", (2,))
+    x = m.input("x", (3,))
+    lse = sp.log(sp.Sum(sp.exp(p[j]), (j, 0, 1)))
+    m.loss(sp.Sum(x[j] * lse, (j, 0, 2)))
+    mod = gc.compile_model(m)
+    X = np.array([[1.0, 2.0, 3.0], [0.5, 0.5, 1.0]])
+    L, g = mod.loss_and_grad({"p": np.array([0.0, np.log(3.0)])}, x=X)
+    s = X.sum(1).mean()
+    assert L == pytest.approx(np.log(4.0) * s, rel=1e-12)
+    np.testing.assert_allclose(g["p"], [s / 4, 3 * s / 4], rtol=1e-12)
