@@ -986,14 +986,17 @@ def render(prog, grad, dtype="float64", inference_only=False, isa=None, lanes=LA
     return Source(M, c_text, h, cdef, layout)
 
 
+def _param_literals(name, values, dtype):
+    """A parameter's values as C literals of ``dtype``, refusing NaN and Inf by name."""
+    a = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"parameter {name!r} holds NaN or Inf; refusing to export it")
+    return [c_literal(v, dtype) for v in a]
+
+
 def _frozen_rows(B, dtype):
     """The frozen parameters' values as rows of C literals, in their layout order."""
-    vals = []
-    for p in B.layout["frozen"]:
-        a = np.asarray(B.frozen[p["name"]], dtype=np.float64).reshape(-1)
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"parameter {p['name']!r} holds NaN or Inf; refusing to export it")
-        vals += [c_literal(v, dtype) for v in a]
+    vals = [v for p in B.layout["frozen"] for v in _param_literals(p["name"], B.frozen[p["name"]], dtype)]
     return [", ".join(vals[i:i + 8]) for i in range(0, len(vals), 8)]
 
 
@@ -1047,7 +1050,7 @@ def _info_record(B, prog, ctx, segs, funcs, inference_only):
     the id range of an int32 input used as an index or of a class label), the sizes a caller
     allocates, and an upper bound of the stack an entry point uses."""
     rows = []
-    kinds = [("param", "PARAM")] + [("input", "INPUT")] + ([] if inference_only else [("target", "TARGET")])
+    kinds = [("param", "PARAM"), ("input", "INPUT")] + ([] if inference_only else [("target", "TARGET")])
     params = {p["name"]: p for p in B.layout["params"]}
     frozen = {p["name"]: p for p in B.layout["frozen"]}
     for kind, macro in kinds:
@@ -1110,10 +1113,7 @@ def render_weights(src, params, dtype):
     """``NAME_weights.c``: the parameter values as one const array, for embedding."""
     rows = []
     for p in src.layout["params"]:
-        a = np.asarray(params[p["name"]], dtype=np.float64).reshape(-1)
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"parameter {p['name']!r} holds NaN or Inf; refusing to export it")
-        lits = [c_literal(v, dtype) for v in a]
+        lits = _param_literals(p["name"], params[p["name"]], dtype)
         rows.append(dict(p, rows=[", ".join(lits[i:i + 6]) for i in range(0, len(lits), 6)]))
     M = src.name
     return templates().get_template("c/weights.c.j2").render(M=M, MU=M.upper(), params=rows,

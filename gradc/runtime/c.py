@@ -481,7 +481,7 @@ class CModule:
         return fn
 
     def _per_sample_call(self, what, params, data, dropout_rng, extra):
-        """Call ``NAME_<what>(threads, n, params, data..., *extra(n), ..., work)``."""
+        """Call ``NAME_<what>(threads, n, params, data..., *extra(n), ..., work, work_bytes)``."""
         fn = self._per_sample_fn(what)
         flat = self._flat_params(params)
         n, ptrs = self._data_ptrs(data, self._specs, "input or target", dropout_rng)
