@@ -278,7 +278,7 @@ def check_weights(files, prog, what="weights"):
 
 
 def export(model, outdir, weights=None, dtype="float64", inference_only=False, force=False, test_vectors=0,
-           lanes=16, trainable=None):
+           lanes=16, trainable=None, quantize=None, calibrate=None):
     """Write ``NAME.h``, ``NAME.c``, ``CMakeLists.txt`` (and ``NAME_weights.c`` from ``weights``) into
     ``outdir``.
 
@@ -289,10 +289,18 @@ def export(model, outdir, weights=None, dtype="float64", inference_only=False, f
     ``trainable``: the names of the parameters the device trains (fine-tuning the last layer:
     ``["W3", "b3"]``); the others become constants of ``NAME.c`` with their values from ``weights``,
     and ``params``, the gradient and Adam's state hold the trainable ones only.
+    ``quantize="int8"`` writes an int8 inference export instead (``gradc.quantize``): float32 in and
+    out, integer dense and convolution stages, the quantized weights constants of ``NAME.c``; it
+    needs ``weights`` and ``calibrate`` (a path to an .npz of inputs by name, or a dict of arrays),
+    whose samples set the activation ranges. Its report (how each stage runs, and which stay in
+    float) is returned as ``export.report`` of the last call, and printed by the CLI.
     Returns the paths written. A file in the way that gradc did not write is left alone
     (``OutputError``) unless ``force``. Example: ``gradc.api.export(m, "out", weights="run/checkpoint.npz")``.
     """
     from .codegen.c import render, render_cmake, render_selftest, render_weights
+    if quantize is not None:
+        return _export_int8(model, outdir, weights, dtype, force, test_vectors, lanes, trainable, quantize,
+                            calibrate)
     if isinstance(test_vectors, bool) or not isinstance(test_vectors, int) or not 0 <= test_vectors <= 10000:
         raise ModelError(f"test_vectors must be a whole number from 0 to 10000, not {test_vectors!r}", where=None)
     if test_vectors and weights is None:
@@ -326,6 +334,62 @@ def export(model, outdir, weights=None, dtype="float64", inference_only=False, f
         path = os.path.join(outdir, fn)
         write_output(path, text.encode())
         written.append(path)
+    return written
+
+
+def _export_int8(model, outdir, weights, dtype, force, test_vectors, lanes, trainable, quantize, calibrate):
+    from .codegen.c import render_cmake
+    from .codegen.int8 import render_int8
+    from .quantize import plan
+    if quantize != "int8":
+        raise ModelError(f"quantize must be 'int8', not {quantize!r}", where=None)
+    if weights is None:
+        raise ModelError("--quantize int8 needs the trained weights it quantizes (give --weights)", where=None)
+    if calibrate is None:
+        raise ModelError("--quantize int8 needs calibration data: --calibrate DATA.npz, a few hundred "
+                         "typical inputs by input name (the training data will do)", where=None)
+    if dtype not in ("float32", "float64"):
+        raise ModelError(f"dtype must be float32 or float64, not {dtype!r}", where=None)
+    for what, bad in (("--trainable", trainable is not None), ("--test-vectors", bool(test_vectors)),
+                      ("--lanes", lanes != 16)):
+        if bad:
+            raise ModelError(f"{what} is for a float export; an int8 export is inference only, one sample "
+                             f"at a time (drop {what} or --quantize)", where=None)
+    prog = lower_model(model)
+    params = read_weights(weights, prog) if isinstance(weights, (str, os.PathLike)) \
+        else check_weights(dict(weights), prog)
+    if isinstance(calibrate, (str, os.PathLike)):
+        from .npz import read_npz
+        calibrate = read_npz(calibrate, "--calibrate")
+    calib = {}
+    for t in prog.inputs:
+        if t.dropout is not None:
+            continue
+        if t.name not in calibrate:
+            raise ModelError(f"--calibrate: no array {t.name!r} for input {t.name!r} (it holds "
+                             f"{', '.join(sorted(calibrate)) or 'nothing'})", where=None)
+        import numpy as np
+        a = np.asarray(calibrate[t.name])
+        if a.ndim != len(t.shape) + 1 or a.shape[1:] != tuple(t.shape) or a.shape[0] < 1:
+            raise ModelError(f"--calibrate: input {t.name!r} has shape {a.shape}, expected (n, "
+                             f"{', '.join(map(str, t.shape))}) with n >= 1", where=None)
+        if a.dtype.kind not in "fiub":
+            raise ModelError(f"--calibrate: input {t.name!r} holds {a.dtype} values, not numbers", where=None)
+        calib[t.name] = a
+    try:
+        qp = plan(prog, params, calib)
+    except ValueError as e:
+        raise ModelError(str(e), where=None) from None
+    src = render_int8(qp)
+    files = {f"{src.name}.h": src.h, f"{src.name}.c": src.c,
+             "CMakeLists.txt": render_cmake(src, False, 0)}
+    prepare_outputs(outdir, list(files), force, "export")
+    written = []
+    for fn, text in files.items():
+        path = os.path.join(outdir, fn)
+        write_output(path, text.encode())
+        written.append(path)
+    export.report = qp.report()
     return written
 
 

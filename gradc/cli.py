@@ -49,6 +49,11 @@ def _parser():
     e.add_argument("--lanes", type=int, default=16, metavar="N",
                    help="samples per block, fixed in NAME.c (default 16, vectorized; 1: the least memory, for a "
                         "device that classifies one input at a time)")
+    e.add_argument("--quantize", choices=("int8",), default=None,
+                   help="int8 inference: integer dense and convolution stages, weights as int8 constants of "
+                        "NAME.c; needs --weights and --calibrate, and prints which stages stay in float")
+    e.add_argument("--calibrate", metavar="DATA.npz",
+                   help="with --quantize: typical inputs, one array per input name, that set the int8 ranges")
     e.add_argument("--test-vectors", type=int, default=0, metavar="N",
                    help="also write NAME_selftest.c: N inputs and the outputs expected with --weights")
     e.add_argument("--name", help="C prefix (default: the model's name)")
@@ -236,9 +241,16 @@ def cmd_export(args):
     model = _load(args)
     if args.name:
         model.name = args.name
+    if args.calibrate and not args.quantize:
+        raise ModelError("--calibrate is for --quantize int8", where=None)
     written = export(model, args.outdir, args.weights, args.dtype, args.inference_only, force=args.force,
                      test_vectors=args.test_vectors, lanes=args.lanes,
-                     trainable=None if args.trainable is None else [n for n in args.trainable.split(",") if n])
+                     trainable=None if args.trainable is None else [n for n in args.trainable.split(",") if n],
+                     quantize=args.quantize, calibrate=args.calibrate)
+    if args.quantize:
+        print(f"gradc: {args.quantize} export, how each stage runs:")
+        for line in export.report:
+            print("  " + line)
     print(f"gradc: wrote {', '.join(written)}")
     return 0
 

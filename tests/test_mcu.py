@@ -147,12 +147,69 @@ def test_exported_model_on_an_emulated_mcu_matches_the_host(tmp_path, board, nam
           f"| {r['stack'][0]:,} B |")
 
 
+# int8 exports on the Cortex-M0: (model, samples); the weights are trained-like (seeded init), the
+# calibration inputs drawn as the samples are
+INT8_RUNS = {"moons": 16, "digits": 8, "digits_cnn": 4}
+
+
+@pytest.mark.parametrize("name", list(INT8_RUNS))
+def test_int8_export_on_an_emulated_cortex_m0_equals_the_python_reference_bit_for_bit(tmp_path, name):
+    from gradc.api import export, load_model_file, lower_model
+    from gradc.quantize import plan
+    machine, flags, flash, ram, stack, _ = BOARDS["cortex-m0"]
+    model_file = os.path.join(EXAMPLES, name, "model.py")
+    mod = gradc.load(model_file, dtype="float32")
+    p = mod.init_params(seed=1)
+    n = INT8_RUNS[name]
+    shape = next(iter(mod.input_shapes.values()))
+    x, _ = _samples(mod, "moons" if name == "moons" else "digits", n + 64)
+    x = x.reshape((-1,) + tuple(shape))
+    calib, x = x[n:], x[:n]
+    d = tmp_path / "export"
+    model = load_model_file(model_file)
+    export(model, str(d), weights=dict(p), quantize="int8", calibrate={"x": calib})
+    xs = ",\n    ".join(", ".join(_hexf(v) for v in row) for row in x.reshape(n, -1))
+    (tmp_path / "data.h").write_text(f"#define MCU_N {n}\nstatic const float mcu_x[] = {{\n    {xs}\n}};\n")
+    elf = tmp_path / "app.elf"
+    cmd = [CC, *flags, *STRICT, "-Wconversion", "-ffunction-sections", "-fdata-sections",
+           f'-DGRADC_HEADER="{name}.h"', f"-I{d}", f"-I{MCU}", f"-I{tmp_path}", os.path.join(MCU, "main_int8.c"),
+           os.path.join(MCU, "startup.c"), str(d / f"{name}.c"), "-nostartfiles", "--specs=nosys.specs",
+           "-T", os.path.join(MCU, "cortex-m.ld"), "-Wl,--gc-sections",
+           f"-Wl,--defsym=FLASH_SIZE={flash},--defsym=RAM_SIZE={ram},--defsym=STACK_SIZE={stack}",
+           "-o", str(elf), "-lm"]
+    p_cc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert p_cc.returncode == 0, f"{' '.join(cmd)}\n{p_cc.stderr[-4000:]}"
+    run = subprocess.run([QEMU, "-M", machine, "-display", "none", "-monitor", "none", "-serial", "none",
+                          "-semihosting-config", "enable=on,target=native,chardev=out", "-chardev", "stdio,id=out",
+                          "-kernel", str(elf)], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0 and "fault" not in run.stdout, f"qemu: {run.returncode}\n{run.stdout[-2000:]}"
+    r = _parse(run.stdout)
+    assert r.get("forward") == [0], run.stdout[-2000:]
+    prog = lower_model(model)
+    want = plan(prog, {k: np.asarray(v, np.float64) for k, v in p.items()}, {"x": calib}).reference({"x": x})
+    want_bits = np.asarray(next(iter(want.values())), np.float32).ravel().view(np.uint32)
+    assert list(map(int, want_bits)) == r["out"], f"cortex-m0 int8 {name}: the device's outputs are not the " \
+                                                   f"reference's bits"
+    sizes = subprocess.run([SIZE, "-A", str(elf)], capture_output=True, text=True).stdout
+    sec = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\.\w+)\s+(\d+)", sizes, re.M)}
+    flash_b = sec.get(".isr_vector", 0) + sec.get(".text", 0) + sec.get(".ARM.exidx", 0) + sec.get(".data", 0)
+    ram_b = sec.get(".data", 0) + sec.get(".bss", 0)
+    MEASURED["cortex-m0", name, "int8"] = (flash_b, ram_b, r["stack"][0])
+    print(f"\n| cortex-m0 | {name} | int8 inference | {flash_b:,} B | {ram_b:,} B | {r['stack'][0]:,} B |")
+
+
 def test_readme_states_the_measured_flash_ram_and_stack():
     """The README's table of the emulated runs holds what the runs above measured."""
-    if len(MEASURED) < len(RUNS):
+    if len(MEASURED) < len(RUNS) + len(INT8_RUNS):
         pytest.skip("needs every run above in this session")
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         text = f.read()
-    for (board, name), (train, flash_b, ram_b, stack_b) in MEASURED.items():
-        row = f"| {board} | {name} | {'training' if train else 'inference'} | {flash_b:,} B | {ram_b:,} B | {stack_b:,} B |"
+    for key, vals in MEASURED.items():
+        if len(key) == 3:
+            (board, name, _), (flash_b, ram_b, stack_b) = key, vals
+            export = "int8 inference"
+        else:
+            (board, name), (train, flash_b, ram_b, stack_b) = key, vals
+            export = "training" if train else "inference"
+        row = f"| {board} | {name} | {export} | {flash_b:,} B | {ram_b:,} B | {stack_b:,} B |"
         assert row in text, f"README.md lacks the measured row {row} (pytest -s tests/test_mcu.py prints them)"

@@ -29,6 +29,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--noise", type=float, default=0.05, help="std of the Gaussian noise added to training images")
+    ap.add_argument("--save", metavar="PATH", help="write the trained parameters to this .npz")
     args = ap.parse_args(argv)
     mod = gradc.load(os.path.join(HERE, "model.py"))
     (X, y), (Xt, yt) = load_split()
@@ -38,6 +39,8 @@ def main(argv=None):
                      metrics=["loss", "accuracy"], seed=0)
     acc = hist["val_accuracy"][-1]
     print(f"test accuracy after {args.epochs} epochs: {acc:.1%} (test loss {hist['val_loss'][-1]:.4f})")
+    if args.save:
+        np.savez(args.save, **p)
     return acc
 
 

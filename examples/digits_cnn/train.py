@@ -54,6 +54,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--shift", type=int, default=1, help="largest random shift of a training image, in pixels (0: none)")
+    ap.add_argument("--save", metavar="PATH", help="write the trained parameters to this .npz")
     args = ap.parse_args(argv)
     mod = gradc.load(os.path.join(HERE, "model.py"))
     (X, y), (Xt, yt) = load_split()
@@ -67,6 +68,8 @@ def main(argv=None):
     acc = hist["val_accuracy"][-1]
     print(f"test accuracy after {args.epochs} epochs: {acc:.1%} ({round(acc * len(yt))} of {len(yt)}; "
           f"test loss {hist['val_loss'][-1]:.4f}; training {seconds:.1f} s)")
+    if args.save:
+        np.savez(args.save, **p)
     return acc
 
 
