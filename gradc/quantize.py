@@ -818,11 +818,11 @@ def _why_float(P, st):
     acts = {n for b in st.bodies() for n, _, _ in P.acts(b)}
     if P.linear(st) is not None:
         return "dense/conv kept in float (its int32 sum could overflow, or its scales are out of range)"
-    if len(acts) > 1:
-        return f"reads {len(acts)} activations ({', '.join(sorted(acts))}): no int8 kernel for that"
     if any(_t(P.prog, n).dtype == INT for n in acts) or any(P._gathered(i) for b in st.bodies()
                                                            for _, i, _ in reads(b, P.prog.tensors)):
         return "a gather by an integer input"
+    if len(acts) > 1:
+        return f"reads {len(acts)} activations ({', '.join(sorted(acts))}): no int8 kernel for that"
     if st.red:
         return f"a {st.op} reduction over a function of its input"
     if any(P.is_const(n) for b in st.bodies() for n, _, _ in reads(b, P.prog.tensors)):

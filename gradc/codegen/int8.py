@@ -237,7 +237,9 @@ class _Render:
                    helpers=helpers, libm=self.libm or bool(helpers), work_bytes=self.work_bytes,
                    abi_version=abi.ABI_VERSION, model_hash=qp.digest(), gradc_version=__version__,
                    report=[comment_text(x, 100) for x in qp.report()], errors=abi.error_codes("c"),
-                   flash=self.flash_bytes(), name=comment_text(prog.name, 60))
+                   flash=self.flash_bytes(), name=comment_text(prog.name, 60),
+                   uses_quantize=any(op.kind == "quantize" for op in qp.ops),
+                   uses_requant=any(op.kind == "linear" and op.out[1] == "q" for op in qp.ops))
         env = templates()
         h = env.get_template("c/int8.h.j2").render(**ctx)
         c = env.get_template("c/int8.c.j2").render(**ctx)
