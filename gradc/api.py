@@ -338,8 +338,9 @@ def export(model, outdir, weights=None, dtype="float64", inference_only=False, f
 
 
 def _export_int8(model, outdir, weights, dtype, force, test_vectors, lanes, trainable, quantize, calibrate):
-    from .codegen.c import render_cmake
+    from .codegen.c import render_cmake, render_selftest
     from .codegen.int8 import render_int8
+    from .ir import INT
     from .quantize import plan
     if quantize != "int8":
         raise ModelError(f"quantize must be 'int8', not {quantize!r}", where=None)
@@ -350,8 +351,9 @@ def _export_int8(model, outdir, weights, dtype, force, test_vectors, lanes, trai
                          "typical inputs by input name (the training data will do)", where=None)
     if dtype not in ("float32", "float64"):
         raise ModelError(f"dtype must be float32 or float64, not {dtype!r}", where=None)
-    for what, bad in (("--trainable", trainable is not None), ("--test-vectors", bool(test_vectors)),
-                      ("--lanes", lanes != 16)):
+    if isinstance(test_vectors, bool) or not isinstance(test_vectors, int) or not 0 <= test_vectors <= 10000:
+        raise ModelError(f"test_vectors must be a whole number from 0 to 10000, not {test_vectors!r}", where=None)
+    for what, bad in (("--trainable", trainable is not None), ("--lanes", lanes != 16)):
         if bad:
             raise ModelError(f"{what} is for a float export; an int8 export is inference only, one sample "
                              f"at a time (drop {what} or --quantize)", where=None)
@@ -381,8 +383,21 @@ def _export_int8(model, outdir, weights, dtype, force, test_vectors, lanes, trai
     except ValueError as e:
         raise ModelError(str(e), where=None) from None
     src = render_int8(qp)
-    files = {f"{src.name}.h": src.h, f"{src.name}.c": src.c,
-             "CMakeLists.txt": render_cmake(src, False, 0)}
+    files = {f"{src.name}.h": src.h, f"{src.name}.c": src.c}
+    if test_vectors:
+        # rows of the calibration data (typical inputs), and the integer path's outputs for them
+        import numpy as np
+        n_cal = len(next(iter(calib.values())))
+        rows = np.random.default_rng(0).choice(n_cal, test_vectors, replace=test_vectors > n_cal)
+        inputs = {t.name: np.asarray(calib[t.name])[rows].astype(np.int32 if t.dtype == INT else np.float32)
+                  for t in prog.inputs if t.dropout is None}
+        try:
+            outputs = qp.reference(inputs)
+        except ValueError as e:
+            raise ModelError(str(e), where=None) from None
+        files[f"{src.name}_selftest.c"] = render_selftest(src, inputs, outputs, "float32",
+                                                          int8_tol="2e-2" if qp.float_stages else "0")
+    files["CMakeLists.txt"] = render_cmake(src, False, test_vectors)
     prepare_outputs(outdir, list(files), force, "export")
     written = []
     for fn, text in files.items():

@@ -49,6 +49,7 @@ from .ir import INT, Stage, reads
 QMIN, QMAX = -128, 127
 ACC_LIMIT = 2 ** 31 - 1
 _CHUNK = 1 << 22          # grid elements evaluated at once
+_SAMPLES = 512            # samples calibrated (and run by the reference) at once
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +334,10 @@ class QuantPlan:
     def reference(self, inputs):
         """{output: float32 array (n, *shape)} computed exactly as the generated C computes it."""
         n = _batch(self.prog, inputs)
+        if n > _SAMPLES:
+            parts = [self.reference({k: np.asarray(v)[lo:lo + _SAMPLES] for k, v in inputs.items()})
+                     for lo in range(0, n, _SAMPLES)]
+            return {o: np.concatenate([p[o] for p in parts]) for o in self.outputs}
         env = {k: (np.asarray(v, dtype=np.float64), False) for k, v in self.consts.items()}
         vals = {}
         for t in self.prog.inputs:
@@ -600,17 +605,25 @@ def plan(prog, params, calibration):
                 fused[st.name] = ep
                 pre[ep[0].name] = ep
     rng = {}
+
+    def seen(key, v):
+        lo, hi = float(v.min()), float(v.max())
+        old = rng.get(key, (lo, hi))
+        rng[key] = (min(lo, old[0]), max(hi, old[1]))
+
     for t in prog.inputs:
         if t.dropout is None and t.dtype != INT:
-            rng[t.name] = (float(env[t.name][0].min()), float(env[t.name][0].max()))
-    for st in P.stages:
-        v = evaluate(st, env, n, _t(prog, st.name).shape)
-        env[st.name] = (v, True)
-        rng[st.name] = (float(v.min()), float(v.max()))
-        if st.name in pre:
-            e_st, _, _, _, u = pre[st.name]
-            uv = evaluate(e_st, env, n, _t(prog, e_st.name).shape, body=u)
-            rng["pre:" + st.name] = (float(uv.min()), float(uv.max()))
+            seen(t.name, env[t.name][0])
+    for lo in range(0, n, _SAMPLES):         # the data a chunk at a time: memory bounded for any n
+        m = min(_SAMPLES, n - lo)
+        sub = {k: ((a[lo:lo + m], True) if b else (a, False)) for k, (a, b) in env.items()}
+        for st in P.stages:
+            v = evaluate(st, sub, m, _t(prog, st.name).shape)
+            sub[st.name] = (v, True)
+            seen(st.name, v)
+            if st.name in pre:
+                e_st, _, _, _, u = pre[st.name]
+                seen("pre:" + st.name, evaluate(e_st, sub, m, _t(prog, e_st.name).shape, body=u))
     for k, (lo, hi) in rng.items():
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError(f"int8: the calibration data make {k.replace('pre:', '')!r} NaN or Inf")

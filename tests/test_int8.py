@@ -18,6 +18,7 @@ import glob
 import importlib.util
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -324,6 +325,30 @@ def test_an_id_out_of_range_returns_eindex(tmp_path):
     r = subprocess.run([str(d / "drv")], cwd=d, capture_output=True, text=True)
     from gradc.abi import EINDEX
     assert f"rc {EINDEX}" in r.stdout and "runtime error" not in r.stderr, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(GCC is None, reason="gcc is not installed")
+def test_test_vectors_check_the_device_bit_for_bit(tmp_path):
+    S = _Setup("digits_cnn")
+    d = tmp_path / "tv"
+    export(S.model, str(d), weights=S.params, quantize="int8", calibrate=S.calib, test_vectors=20)
+    src = (d / "digits_cnn_selftest.c").read_text()
+    assert "(bit for bit)" in src and "digits_cnn_weights" not in src
+    p = subprocess.run([GCC, *STRICT, *SANITIZE, f"-I{d}", str(d / "digits_cnn.c"), str(d / "digits_cnn_selftest.c"),
+                        "-o", str(d / "st"), "-lm"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = subprocess.run([str(d / "st")], capture_output=True, text=True)
+    assert r.returncode == 0 and "20 samples match" in r.stdout, r.stdout + r.stderr
+    # one stored output off by one float32 step: the self-test names that sample
+    m = re.search(r"want_logits\[200\] = \{\s*([^,\s]+),", src)
+    nudged = np.nextafter(np.float32(float(m.group(1).rstrip("F"))), np.float32(np.inf))
+    src2 = src[:m.start(1)] + f"{float(nudged)!r}F" + src[m.end(1):]
+    (d / "digits_cnn_selftest.c").write_text(src2)
+    p = subprocess.run([GCC, *STRICT, f"-I{d}", str(d / "digits_cnn.c"), str(d / "digits_cnn_selftest.c"),
+                        "-o", str(d / "st2"), "-lm"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = subprocess.run([str(d / "st2")], capture_output=True, text=True)
+    assert r.returncode == 1 and "sample 1 differs" in r.stdout, r.stdout
 
 
 # ---- the CLI ------------------------------------------------------------------------------

@@ -1127,9 +1127,10 @@ def render_cmake(src, weights, selftest):
                                                                   selftest=selftest)
 
 
-def render_selftest(src, inputs, outputs, dtype):
+def render_selftest(src, inputs, outputs, dtype, int8_tol=None):
     """``NAME_selftest.c``: stored inputs (dict name -> array (n, ...), int32 or real) and the outputs
-    expected for them (dict name -> array), and a check of ``NAME_forward`` against them."""
+    expected for them (dict name -> array), and a check of ``NAME_forward`` against them.
+    ``int8_tol``: for an int8 export (no weights argument), the tolerance as C text ("0": exact)."""
     M = src.name
     c = src.layout["c_names"]
 
@@ -1145,6 +1146,7 @@ def render_selftest(src, inputs, outputs, dtype):
     arrays = [table("in_", k, v) for k, v in inputs.items()] + [table("want_", k, v) for k, v in outputs.items()]
     n = len(next(iter(inputs.values()))) if inputs else len(next(iter(outputs.values())))
     outs = [dict(name=c[k], size=int(np.prod(np.shape(v)[1:], dtype=int))) for k, v in outputs.items()]
-    tol = "1e-5" if dtype == "float32" else "1e-12"
+    tol = int8_tol or ("1e-5" if dtype == "float32" else "1e-12")
     return templates().get_template("c/selftest.c.j2").render(
-        M=M, MU=M.upper(), n=n, arrays=arrays, inputs=arrays[:len(inputs)], outputs=outs, tol=tol)
+        M=M, MU=M.upper(), n=n, arrays=arrays, inputs=arrays[:len(inputs)], outputs=outs, tol=tol,
+        int8=int8_tol is not None)

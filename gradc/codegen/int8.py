@@ -244,7 +244,7 @@ class _Render:
         h = env.get_template("c/int8.h.j2").render(**ctx)
         c = env.get_template("c/int8.c.j2").render(**ctx)
         return _Src(self.M, c, h, dict(work_bytes=self.work_bytes, model_hash=ctx["model_hash"],
-                                      const_bytes=ctx["flash"]))
+                                      const_bytes=ctx["flash"], c_names=self.c))
 
     def flash_bytes(self):
         size = {"int8_t": 1, "int32_t": 4, "float": 4}
