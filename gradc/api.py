@@ -292,8 +292,8 @@ def export(model, outdir, weights=None, dtype="float64", inference_only=False, f
     ``quantize="int8"`` writes an int8 inference export instead (``gradc.quantize``): float32 in and
     out, integer dense and convolution stages, the quantized weights constants of ``NAME.c``; it
     needs ``weights`` and ``calibrate`` (a path to an .npz of inputs by name, or a dict of arrays),
-    whose samples set the activation ranges. Its report (how each stage runs, and which stay in
-    float) is returned as ``export.report`` of the last call, and printed by the CLI.
+    whose samples set the activation ranges; the list returned then has ``.report``: how each stage
+    runs, and which stay in float (the CLI prints it).
     Returns the paths written. A file in the way that gradc did not write is left alone
     (``OutputError``) unless ``force``. Example: ``gradc.api.export(m, "out", weights="run/checkpoint.npz")``.
     """
@@ -335,6 +335,14 @@ def export(model, outdir, weights=None, dtype="float64", inference_only=False, f
         write_output(path, text.encode())
         written.append(path)
     return written
+
+
+class Written(list):
+    """The paths an export wrote, and (``report``) how an int8 export runs each stage."""
+
+    def __init__(self, paths, report=()):
+        super().__init__(paths)
+        self.report = list(report)
 
 
 def _export_int8(model, outdir, weights, dtype, force, test_vectors, lanes, trainable, quantize, calibrate):
@@ -404,8 +412,7 @@ def _export_int8(model, outdir, weights, dtype, force, test_vectors, lanes, trai
         path = os.path.join(outdir, fn)
         write_output(path, text.encode())
         written.append(path)
-    export.report = qp.report()
-    return written
+    return Written(written, qp.report())
 
 
 def _frozen(prog, trainable, params, inference_only):

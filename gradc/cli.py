@@ -41,7 +41,8 @@ def _parser():
     e.add_argument("model_file")
     e.add_argument("-o", "--outdir", default="export")
     e.add_argument("--weights", help="trained parameters: a checkpoint, or an .npz of arrays by parameter name")
-    e.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    e.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help="float64 (default) or float32; an int8 export's inputs and outputs are float32")
     e.add_argument("--inference-only", action="store_true", help="forward only: smallest code and workspace")
     e.add_argument("--trainable", metavar="NAMES",
                    help="comma-separated parameters the device trains (fine-tuning: W3,b3); the others become "
@@ -243,13 +244,16 @@ def cmd_export(args):
         model.name = args.name
     if args.calibrate and not args.quantize:
         raise ModelError("--calibrate is for --quantize int8", where=None)
-    written = export(model, args.outdir, args.weights, args.dtype, args.inference_only, force=args.force,
+    if args.quantize and args.dtype == "float64":
+        raise ModelError("an int8 export takes and returns float32: drop --dtype float64", where=None)
+    dtype = args.dtype or ("float32" if args.quantize else "float64")
+    written = export(model, args.outdir, args.weights, dtype, args.inference_only, force=args.force,
                      test_vectors=args.test_vectors, lanes=args.lanes,
                      trainable=None if args.trainable is None else [n for n in args.trainable.split(",") if n],
                      quantize=args.quantize, calibrate=args.calibrate)
     if args.quantize:
         print(f"gradc: {args.quantize} export, how each stage runs:")
-        for line in export.report:
+        for line in written.report:
             print("  " + line)
     print(f"gradc: wrote {', '.join(written)}")
     return 0

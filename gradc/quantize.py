@@ -207,13 +207,18 @@ class QParams:
     zero_point: int
 
     @staticmethod
-    def of_range(lo, hi):
+    def of_range(lo, hi, what="a tensor"):
+        """The parameters that cover [lo, hi] and 0 (all zeros: scale 1/255)."""
         lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
         if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ModelError("int8: the calibration data give a non-finite value range", where=None)
-        if hi - lo < 1e-30:
-            hi = lo + 1e-30 * 255
-        scale = float(np.float32((hi - lo) / 255.0))
+            raise ValueError(f"int8: the calibration data make {what} NaN or Inf")
+        if hi == lo:
+            hi = lo + 1.0
+        with np.errstate(over="ignore"):
+            scale = float(np.float32((hi - lo) / 255.0))
+        if not (math.isfinite(scale) and scale >= float(np.finfo(np.float32).tiny)):
+            raise ValueError(f"int8: {what} spans [{lo:.3g}, {hi:.3g}] on the calibration data, beyond what a "
+                             f"float32 scale holds")
         zp = int(np.clip(round(QMIN - lo / scale), QMIN, QMAX))
         return QParams(scale, zp)
 
@@ -224,8 +229,9 @@ def round_half_away(x):
 
 
 def multiplier(m):
-    """A positive real multiplier as (m0, sh): m ~ m0 * 2**-sh, m0 in [2**30, 2**31), 1 <= sh <= 61;
-    (0, 1) for a multiplier below 2**-30 (its product rounds to 0 anyway); None above 2**29."""
+    """A positive real multiplier as (m0, sh) with m ~ m0 * 2**-sh, 1 <= sh <= 61: m0 in
+    [2**30, 2**31) (31 bits), fewer bits below 2**-31 (where |total * m| < 1 anyway); None for
+    m >= 2**30, which no shift represents."""
     if not m > 0:
         return 0, 1
     frac, e = math.frexp(m)
@@ -235,7 +241,8 @@ def multiplier(m):
         e += 1
     sh = 31 - e
     if sh > 61:
-        return 0, 1
+        m0 = (m0 + (1 << (sh - 62))) >> (sh - 61)
+        sh = 61
     if sh < 1:
         return None
     return m0, sh
@@ -292,7 +299,7 @@ class QuantPlan:
 
     def report(self):
         """One line per stage of the forward pass: how it runs (int8 or float, and why)."""
-        return [x for x in map(self.report_line, self.ops) if x.split(":")[0] != "float dequantize"]
+        return [x for x in map(self.report_line, self.ops) if x is not None]
 
     def report_line(self, op):
         name = op.out[0]
@@ -311,7 +318,7 @@ class QuantPlan:
             label = name if _t(self.prog, name).kind == "input" else label
             return (f"float {label}: {'input' if label == name else 'float result'} quantized to int8 "
                     f"(scale {op.q_out.scale:.6g}, zero point {op.q_out.zero_point})")
-        return f"float dequantize {label} to float32"
+        return None         # a dequantize: where a float stage or an output reads int8
 
     @property
     def float_stages(self):
@@ -342,7 +349,7 @@ class QuantPlan:
         vals = {}
         for t in self.prog.inputs:
             if t.dropout is None:
-                a = np.asarray(inputs[t.name])
+                a = _checked_input(self.prog, t, inputs[t.name], "input", "the C returns")
                 vals[(t.name, "f")] = a.astype(np.int64) if t.dtype == INT else a.astype(np.float32)
         for op in self.ops:
             vals[op.out] = self._run(op, vals, env, n)
@@ -403,6 +410,28 @@ def _per_out(st, shape, exprs, table):
     ev = _Eval({}, g)
     ix = tuple(np.broadcast_to(np.asarray(ev.index(x)), g.shape)[0] for x in exprs)
     return np.asarray(table)[ix]
+
+
+def _checked_input(prog, t, a, what, then):
+    """``a`` for input ``t``, refused (ValueError naming it) where the C refuses it: a NaN or Inf in a
+    real input (ENONFINITE), an id out of its range (EINDEX); ids must be whole numbers."""
+    a = np.asarray(a)
+    if t.dtype == INT:
+        if a.dtype.kind not in "iub" and not np.all(np.floor(a) == a):
+            raise ValueError(f"int8: {what} {t.name!r} holds ids that are not whole numbers")
+        bounds = prog.int_bounds.get(t.name)
+        if bounds:
+            hi = np.array([b if b is not None else np.iinfo(np.int32).max for b in bounds]).reshape(t.shape)
+            bad = (a < 0) | (a >= hi)
+            if np.any(bad):
+                raise ValueError(f"int8: {what} {t.name!r} holds an id out of its range "
+                                 f"({then} {'EINDEX' if then else 'refused'})".replace("( ", "("))
+        return a
+    if a.dtype.kind not in "fiub":
+        raise ValueError(f"int8: {what} {t.name!r} holds {a.dtype} values, not numbers")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"int8: {what} {t.name!r} holds a NaN or Inf" + (f" ({then} ENONFINITE)" if then else ""))
+    return a
 
 
 def _batch(prog, inputs):
@@ -527,10 +556,16 @@ class _Planner:
         if len(consts) > 1 or any(self._gathered(i) for _, i, _ in consts):
             return None
         t = sp.Dummy("t", real=True)
-        u = rread + consts[0][2] if consts else rread
+        bread = consts[0][2] if consts else sp.Integer(0)
+        u = rread + bread
+        ok = lambda f: not f.has(rread) and not (consts and f.has(bread)) and not f.free_symbols - {t}  # noqa: E731
         phi = e_st.body.xreplace({u: t})
-        if phi.has(rread) or (consts and phi.has(consts[0][2])) or phi.free_symbols - {t}:
-            return None
+        if not ok(phi):
+            # SymPy distributes a coefficient over the sum (leaky relu's 0.01*(R + b) is 0.01*R + 0.01*b,
+            # GELU's (R + b)/2 likewise): write R as t - b and expand, so that b cancels
+            phi = sp.expand(e_st.body.xreplace({rread: t - bread}))
+            if not ok(phi):
+                return None
         return e_st, (consts[0] if consts else None), phi, t, u
 
     def movable(self, st):
@@ -586,14 +621,20 @@ class _Planner:
 def plan(prog, params, calibration):
     """The int8 plan of ``prog`` with ``params`` (name -> array), its activation ranges taken from
     ``calibration`` (input name -> array (n, *shape)); see the module's docstring."""
+    for k, v in params.items():
+        if not np.all(np.isfinite(np.asarray(v, dtype=np.float64))):
+            raise ValueError(f"int8: parameter {k!r} holds a NaN or Inf")
     P = _Planner(prog, params)
+
+    def where_of(name):
+        st = next(s for s in P.stages if s.name == name)
+        return _label(st).split(" ", 1)[-1].strip("()") if st.where else name
+    where_of.names = {s.name for s in P.stages}
     n = _batch(prog, calibration)
     env = {k: (v, False) for k, v in P.consts.items()}
     for t in prog.inputs:
         if t.dropout is None:
-            a = np.asarray(calibration[t.name])
-            if t.dtype != INT and not np.all(np.isfinite(a)):
-                raise ValueError(f"int8: calibration input {t.name!r} holds a NaN or Inf")
+            a = _checked_input(prog, t, calibration[t.name], "calibration input", "")
             env[t.name] = (a.astype(np.int64) if t.dtype == INT else a.astype(np.float64), True)
     # decide the fusions first, so that calibration also measures pre-activations
     fused, pre = {}, {}
@@ -624,12 +665,13 @@ def plan(prog, params, calibration):
             if st.name in pre:
                 e_st, _, _, _, u = pre[st.name]
                 seen("pre:" + st.name, evaluate(e_st, sub, m, _t(prog, e_st.name).shape, body=u))
-    for k, (lo, hi) in rng.items():
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f"int8: the calibration data make {k.replace('pre:', '')!r} NaN or Inf")
-    qp = {k: QParams.of_range(*v) for k, v in rng.items()}
+    qp = {}
+    for k, v in rng.items():
+        name = k.replace("pre:", "")
+        what = f"{name!r}" + (" (before its activation)" if k.startswith("pre:") else "")
+        qp[k] = QParams.of_range(*v, what=f"{what} at {where_of(name)}" if name in where_of.names else what)
 
-    ops, have, done = [], set(), set()
+    ops, have, done, enc = [], set(), set(), {}
     where = {}
     for st in P.stages:
         where[st.name] = _label(st)
@@ -640,9 +682,15 @@ def plan(prog, params, calibration):
         if dom == "q":
             assert (name, "f") in have or _t(prog, name).kind == "input", name
             ops.append(Op("quantize", (name, "q"), [(name, "f")], src=name, q_out=qp[name]))
+            enc[name] = qp[name]
         else:
-            ops.append(Op("dequantize", (name, "f"), [(name, "q")], src=name, q_in=qp[name]))
+            ops.append(Op("dequantize", (name, "f"), [(name, "q")], src=name, q_in=enc[name]))
         have.add((name, dom))
+
+    def enc_of(name):
+        """How name's int8 value is (or, quantized now, would be) encoded: a copy or a max keeps its
+        source's scale and zero point, whatever its own calibrated range."""
+        return enc.get(name, qp[name])
 
     def avail_q(name):
         return (name, "q") in have
@@ -656,18 +704,20 @@ def plan(prog, params, calibration):
         lin = P.linear(st)
         op = None
         if lin is not None:
-            op = _linear_op(P, st, lin, fused.get(st.name), qp, need)
+            op = _linear_op(P, st, lin, fused.get(st.name), qp, need, enc_of)
         if op is None:
             for kind, f in (("move", P.movable), ("max", P.maxable), ("table", P.tabled)):
                 src = f(st)
                 if src is not None and (avail_q(src) or _out_dom(P, st.name) == "q"):
                     need(src, "q")
-                    op = _simple_op(kind, st, src, qp)
+                    op = _simple_op(kind, st, src, enc_of(src), qp)
                     break
         if op is None:
             op = _float_op(P, st, need)
         ops.append(op)
         have.add(op.out)
+        if op.out[1] == "q":
+            enc[op.out[0]] = op.q_out
         if op.kind == "linear" and op.info.get("E") is not None:
             done.add(op.info["E"].name)
     for o in prog.outputs:
@@ -687,7 +737,7 @@ def _out_dom(P, name):
     return "q" if any(P.q_friendly(r, name) for r in P.readers.get(name, [])) else "f"
 
 
-def _linear_op(P, st, lin, ep, qp, need):
+def _linear_op(P, st, lin, ep, qp, need, enc_of):
     prog = P.prog
     W, wread, A, aread = lin
     wt = P.consts[W]
@@ -704,7 +754,7 @@ def _linear_op(P, st, lin, ep, qp, need):
     s_w_full = s_w.reshape(cshape + (1,) * (wt.ndim - len(chan_axes)))
     s_w_full = np.moveaxis(s_w_full, list(range(len(chan_axes))), chan_axes) if chan_axes else s_w
     wq = np.clip(round_half_away(wt / s_w_full), -127, 127).astype(np.int8)
-    q_in = qp[A]
+    q_in = enc_of(A)
     s_acc = q_in.scale * s_w                      # per channel
     info = {"W": W, "A": A, "chan": chan, "wq": wq, "E": None, "act": None, "bias": None,
             "body": st.body,
@@ -743,14 +793,16 @@ def _linear_op(P, st, lin, ep, qp, need):
             bq = round_half_away(bias_vals / s_acc)
         else:
             if chan:      # rescale to one weight scale, so the bias needs no channel
-                s1 = float(s_w.max())
+                s1 = float(wmax.max()) / 127.0 if float(wmax.max()) > 0 else 1.0     # zero channels: any
                 wq = np.clip(round_half_away(wt / s1), -127, 127).astype(np.int8)
                 info["wq"], s_w, chan, info["chan"] = wq, np.asarray(s1), (), ()
                 s_acc = q_in.scale * s_w
             bq = round_half_away(bias_vals / s_acc)
         info["bias"], info["bias_index"] = bias_vals, bias_index
-        info["bq"] = bq.astype(np.int64)
+        info["bq"] = bq           # whole numbers, as floats until their range is checked
     # the int32 sums cannot overflow: |sum| <= reduction length * 127 * 255 + |bias|
+    if info["bias"] is not None and not float(np.abs(info["bq"]).max()) < ACC_LIMIT:
+        return None
     red_len = int(np.prod([e for _, e in st.red], dtype=np.int64))
     bound = red_len * 127 * 255 + (int(np.abs(info["bq"]).max()) if info["bias"] is not None else 0)
     if bound > ACC_LIMIT:
@@ -776,6 +828,8 @@ def _linear_op(P, st, lin, ep, qp, need):
     else:
         info["m0"] = np.zeros(np.shape(s_acc), dtype=np.int32)
         info["scale"] = np.asarray(s_acc, dtype=np.float32)
+        if not np.all((info["scale"] >= np.finfo(np.float32).tiny) & np.isfinite(info["scale"])):
+            return None       # a dequantizing scale beyond float32: the stage stays float
         info["lo_f"] = None if lo is None else float(np.float32(lo))
         info["hi_f"] = None if hi is None else float(np.float32(hi))
     need(A, "q")
@@ -792,8 +846,8 @@ def _table(phi_t, q_in, q_out):
     return np.clip(round_half_away(y / q_out.scale) + q_out.zero_point, QMIN, QMAX).astype(np.int8)
 
 
-def _simple_op(kind, st, src, qp):
-    q = qp[src]
+def _simple_op(kind, st, src, q, qp):
+    """A move, max or table op reading src, encoded as ``q``."""
     body = st.body
     info = {}
     if kind == "move" and isinstance(body, sp.Piecewise):

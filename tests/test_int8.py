@@ -58,7 +58,8 @@ def test_requantize_is_exact_rational_rounding_halves_up():
             exact = Fraction(int(t) * m0, 2 ** sh) + Fraction(1, 2)
             want = max(-128, min(127, math.floor(exact)))
             assert g == want, (t, m, g, want)
-    assert Q.multiplier(1e-12) == (0, 1)        # below 2^-30: every product rounds to 0
+    m0, sh = Q.multiplier(1e-12)                 # below 2^-31: fewer bits, the shift at its most
+    assert sh == 61 and abs(m0 / 2 ** 61 - 1e-12) <= 2 ** -62
     assert Q.multiplier(2.0 ** 31) is None       # too large for a 31-bit multiplier: the stage stays float
 
 
@@ -127,11 +128,13 @@ def test_the_evaluator_equals_the_compiled_forward_pass(name, sub):
 
 # ---- the plan ---------------------------------------------------------------------------
 
-def _plan(name, sub=None, n=200, seed=0):
-    path = os.path.join(EXAMPLES, name, "model.py")
+def _plan(name, sub=None, n=200, seed=0, edit=None):
+    path = name if name.endswith(".py") else os.path.join(EXAMPLES, name, "model.py")
     mod = gradc.load(path, model=sub)
     prog = lower_model(load_model_file(path, sub))
     p = mod.init_params(seed=seed)
+    if edit:
+        edit(p)
     data = _data(prog, n, seed)
     return mod, prog, p, Q.plan(prog, p, data), data
 
@@ -214,10 +217,10 @@ class _Setup:
     """An example model with seeded weights, its calibration data (200 samples), its plan, and N
     test samples drawn apart from the calibration data."""
 
-    def __init__(self, name, sub=None, n=200):
-        path = os.path.join(EXAMPLES, name, "model.py")
+    def __init__(self, name, sub=None, n=200, edit=None):
+        path = name if name.endswith(".py") else os.path.join(EXAMPLES, name, "model.py")
         self.model = load_model_file(path, sub)
-        self.mod, self.prog, p, self.qp, self.calib = _plan(name, sub, n)
+        self.mod, self.prog, p, self.qp, self.calib = _plan(name, sub, n, edit=edit)
         self.params = {k: np.asarray(v) for k, v in p.items()}
         self.test = _data(self.prog, N, seed=5)
 
@@ -351,6 +354,145 @@ def test_test_vectors_check_the_device_bit_for_bit(tmp_path):
     assert r.returncode == 1 and "sample 1 differs" in r.stdout, r.stdout
 
 
+# ---- regressions: models the review found wrong ----------------------------------------------
+
+HEAD = "import sympy as sp\nimport gradc as gc\nfrom gradc import layers as L\n"
+REVIEWED = {
+    # a max pool's and a copy's int8 output is encoded as its source: the readers decoded it with the
+    # pooled tensor's own range (errors of 25-50% of the output's range)
+    "pool_chain": """m = gc.Model("pool_chain")
+x = m.input("x", (1, 8))
+W, b = m.param("W", (2, 4)), m.param("b", 2)
+y = m.output("y", W @ L.flatten(L.max_pool1d(x, 2)) + b)
+m.loss(gc.mse(y, m.target("t", (2,))))
+""",
+    "slice_out": """m = gc.Model("slice_out")
+x = m.input("x", 6)
+W = m.param("W", (2, 3))
+a = m.output("a", gc.relu(x)[3:6])
+y = m.output("y", W @ gc.tanh(L.max_pool1d(x.reshape(1, 6), 2).reshape(3)))
+m.loss(gc.mse(y, m.target("t", (2,))) + gc.sum_squares(a))
+""",
+    "conv1d_tanh_pool": """m = gc.Model("conv1d_tanh_pool")
+x = m.input("x", (3, 16))
+K, c = m.param("K", (5, 3, 3)), m.param("c", 5)
+h = L.max_pool1d(gc.tanh(L.conv1d(x, K, c, stride=2, padding=1)), 2)
+W, b = m.param("W", (2, 20)), m.param("b", 2)
+y = m.output("y", W @ L.flatten(h) + b)
+m.loss(gc.mse(y, m.target("t", (2,))))
+""",
+    # a zero channel with a bias shared by every channel: all weights rounded to 0
+    "zero_channel": """m = gc.Model("zero_channel")
+x = m.input("x", 5)
+W, b1, U = m.param("W", (4, 5)), m.param("b1", 1), m.param("U", (3, 4))
+k = gc.index("k")
+h = m.define("h", 4, lambda i: sp.Max(0, sp.Sum(W[i, k] * x[k], (k, 0, 4)) + b1[0]))
+y = m.output("y", U @ h)
+m.loss(gc.mse(y, m.target("t", (3,))))
+""",
+    # leaky relu and GELU after a dense layer: fused as tables (SymPy had distributed their
+    # coefficients, so they ran in float), and GELU's sqrt(2) printed as M_SQRT2 (not C99)
+    "leaky_gelu": """m = gc.Model("leaky_gelu")
+x = m.input("x", 4)
+W1, b1 = m.param("W1", (4, 4)), m.param("b1", 4)
+W2, b2 = m.param("W2", (4, 4)), m.param("b2", 4)
+W3 = m.param("W3", (2, 4))
+y = m.output("y", W3 @ L.gelu(W2 @ L.leaky_relu(W1 @ x + b1, 0.1) + b2))
+m.loss(gc.mse(y, m.target("t", (2,))))
+""",
+}
+
+
+def _zero_channel(p):
+    p["W"][0] = 0.0
+
+
+@pytest.mark.skipif(GCC is None, reason="gcc is not installed")
+@pytest.mark.parametrize("name", list(REVIEWED))
+def test_reviewed_models_follow_the_float_model_and_the_c_equals_the_reference(tmp_path, write_model, name):
+    path = write_model(HEAD + REVIEWED[name], name=f"{name}.py")
+    S = _Setup(path, n=300, edit=_zero_channel if name == "zero_channel" else None)
+    # slice_out's output a = relu(x)[3:6] reads the float input and no int8 stage reads it: exact in float
+    assert S.qp.float_stages == (["a"] if name == "slice_out" else []), S.qp.report()
+    if name == "leaky_gelu":
+        assert sum("dense/conv, table" in line for line in S.qp.report()) == 2, S.qp.report()
+    want_f = S.mod.forward(S.params, **S.test)
+    ref = S.qp.reference(S.test)
+    for o in S.prog.outputs:
+        span = float(want_f[o].max() - want_f[o].min())
+        err = float(np.abs(ref[o] - want_f[o]).max())
+        assert err < 0.03 * span, f"{name} {o}: int8 off by {err / span:.1%} of the output's range"
+    got, _ = _build_and_run(tmp_path, S, GCC, SANITIZE)
+    for o in S.prog.outputs:
+        assert np.array_equal(got[o].view(np.uint32), np.asarray(ref[o], np.float32).ravel().view(np.uint32)), o
+
+
+def test_a_gelu_model_exports_as_c99_in_float_too(tmp_path, write_model):
+    if GCC is None:
+        pytest.skip("gcc is not installed")
+    path = write_model(HEAD + REVIEWED["leaky_gelu"], name="leaky_gelu.py")
+    for dtype in ("float32", "float64"):
+        d = tmp_path / dtype
+        export(load_model_file(path), str(d), dtype=dtype)
+        text = (d / "leaky_gelu.c").read_text()
+        assert "M_SQRT" not in text and "M_2_SQRTPI" not in text
+        p = subprocess.run([GCC, *STRICT, "-c", str(d / "leaky_gelu.c"), "-o", str(d / "o.o")],
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-3000:]
+
+
+def test_a_range_beyond_float32_is_refused_naming_the_stage(write_model):
+    path = write_model(HEAD + REVIEWED["pool_chain"], name="pool_chain.py")
+    with pytest.raises(ValueError, match=r"'~r1' at pool_chain.py:\d+ spans .* beyond what a float32 scale holds"):
+        _plan(path, edit=lambda p: p["W"].__setitem__(Ellipsis, 1e42), n=20)   # noqa: B023
+    prog = lower_model(load_model_file(path))
+    with pytest.raises(ValueError, match="parameter 'b' holds a NaN"):
+        Q.plan(prog, {"W": np.ones((2, 4)), "b": np.array([0.0, np.nan])}, {"x": np.ones((3, 1, 8))})
+
+
+def test_ids_out_of_range_are_refused_by_the_reference_and_the_calibration():
+    mod, prog, p, qp, data = _plan("recsys", n=50)
+    ids = next(t for t in prog.inputs if t.dtype == INT)
+    bad = {k: v.copy() for k, v in data.items()}
+    bad[ids.name][7] = -1
+    with pytest.raises(ValueError, match=f"input {ids.name!r} holds an id out of its range .the C returns EINDEX"):
+        qp.reference(bad)
+    with pytest.raises(ValueError, match=f"calibration input {ids.name!r} holds an id out of its range"):
+        Q.plan(prog, p, bad)
+    frac = {k: (v + 0.5 if k == ids.name else v) for k, v in data.items()}
+    with pytest.raises(ValueError, match="not whole numbers"):
+        Q.plan(prog, p, frac)
+
+
+NAN_ONLY_FLOAT = """m = gc.Model("nan_float")
+x, z = m.input("x", 3), m.input("z", 3)
+W, b = m.param("W", (2, 3)), m.param("b", 2)
+y = m.output("y", W @ gc.relu(x) + b)
+q = m.output("q", x * z)
+m.loss(gc.mse(y, m.target("t", (2,))) + gc.sum_squares(q))
+"""
+
+
+@pytest.mark.skipif(GCC is None, reason="gcc is not installed")
+def test_nan_in_an_input_only_float_stages_read_returns_enonfinite(tmp_path, write_model):
+    from gradc.abi import ENONFINITE
+    S = _Setup(write_model(HEAD + NAN_ONLY_FLOAT, name="nan_float.py"), n=50)
+    for bad in (np.nan, np.inf):
+        S.test["z"][5, 1] = bad
+        with pytest.raises(ValueError, match="input 'z' holds a NaN or Inf .the C returns ENONFINITE"):
+            S.qp.reference(S.test)
+        d = tmp_path / f"nf{bad}"
+        S.export(d)
+        for k, v in S.test.items():
+            np.asarray(v, np.float32).tofile(d / f"in_{k}.bin")
+        (d / "drv.c").write_text(_driver(S.prog, N))
+        p = subprocess.run([GCC, *STRICT, *SANITIZE, f"-I{d}", str(d / "nan_float.c"), str(d / "drv.c"), "-o",
+                            str(d / "drv"), "-lm"], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-3000:]
+        r = subprocess.run([str(d / "drv")], cwd=d, capture_output=True, text=True)
+        assert f"rc {ENONFINITE}" in r.stdout and "runtime error" not in r.stderr, r.stdout + r.stderr
+
+
 # ---- the CLI ------------------------------------------------------------------------------
 
 def _cli(*args, cwd):
@@ -383,6 +525,8 @@ def test_cli_prints_how_each_stage_runs_and_refuses_mistakes_with_one_line(tmp_p
          "--trainable is for a float export"),
         (["--weights", "w.npz", "--quantize", "int8", "--calibrate", "cal.npz", "--lanes", "4"],
          "--lanes is for a float export"),
+        (["--weights", "w.npz", "--quantize", "int8", "--calibrate", "cal.npz", "--dtype", "float64"],
+         "takes and returns float32"),
     ]
     for extra, msg in cases:
         r = _cli("export", model, *extra, "-o", "bad_out", cwd=tmp_path)

@@ -58,6 +58,8 @@ class Printer(C99CodePrinter):
 
     def __init__(self, dtype, where, names, real_t, helpers=None):
         settings = {"type_aliases": {real: float32}} if dtype == "float32" else {}
+        # no M_SQRT2 or M_2_SQRTPI (POSIX, not C99) for sqrt(2) or 2/sqrt(pi): numbers (_print_Pow)
+        settings["math_macros"] = {}
         super().__init__(settings)
         self.where = where
         self.names = names
@@ -158,6 +160,8 @@ class Printer(C99CodePrinter):
 
     def _print_Pow(self, e):
         b, x = e.args
+        if not e.free_symbols and not (x.is_Integer and b.is_Integer):     # sqrt(2), pi**(-1/2)
+            return self._print(sp.Float(e.evalf(20), 20))
         if x.is_Integer and 2 <= int(x) <= 4:
             f = self.parenthesize(b, 70)
             return "(" + "*".join([f] * int(x)) + ")"

@@ -109,10 +109,11 @@ class _Render:
         if op.kind in ("quantize", "dequantize"):
             size = int(np.prod(self.qp.shapes[op.src], dtype=np.int64))
             if op.kind == "quantize":
-                src = ("in_" + self.c[op.src]) if (op.src, "f") not in self.buf else pname((op.src, "f"))
+                is_input = (op.src, "f") not in self.buf        # checked finite on entry
+                src = ("in_" + self.c[op.src]) if is_input else pname((op.src, "f"))
                 dst = pname(op.out)
-                return [f"for (int i = 0; i < {size}; ++i) {{",
-                        f"    if (!({src}[i] - {src}[i] == 0.0F)) return {self.MU}_ENONFINITE;",
+                check = [] if is_input else [f"    if (!({src}[i] - {src}[i] == 0.0F)) return {self.MU}_ENONFINITE;"]
+                return [f"for (int i = 0; i < {size}; ++i) {{", *check,
                         f"    {dst}[i] = gc_q_quantize({src}[i], {c_literal(op.q_out.scale, 'float32')}, "
                         f"{op.q_out.zero_point});",
                         "}"]
