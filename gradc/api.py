@@ -328,13 +328,18 @@ def export(model, outdir, weights=None, dtype="float64", inference_only=False, f
         inputs, outputs = _test_vectors(model, prog, params, dtype, test_vectors)
         files[f"{src.name}_selftest.c"] = render_selftest(src, inputs, outputs, dtype)
     files["CMakeLists.txt"] = render_cmake(src, weights is not None, test_vectors)
+    return _write_export(outdir, files, force)
+
+
+def _write_export(outdir, files, force, report=()):
+    """Write {file name: text} into outdir (after checking that nothing of the user's is in the way)."""
     prepare_outputs(outdir, list(files), force, "export")
     written = []
     for fn, text in files.items():
         path = os.path.join(outdir, fn)
         write_output(path, text.encode())
         written.append(path)
-    return written
+    return Written(written, report)
 
 
 class Written(list):
@@ -406,13 +411,7 @@ def _export_int8(model, outdir, weights, dtype, force, test_vectors, lanes, trai
         files[f"{src.name}_selftest.c"] = render_selftest(src, inputs, outputs, "float32",
                                                           int8_tol="2e-2" if qp.float_stages else "0")
     files["CMakeLists.txt"] = render_cmake(src, False, test_vectors)
-    prepare_outputs(outdir, list(files), force, "export")
-    written = []
-    for fn, text in files.items():
-        path = os.path.join(outdir, fn)
-        write_output(path, text.encode())
-        written.append(path)
-    return Written(written, qp.report())
+    return _write_export(outdir, files, force, qp.report())
 
 
 def _frozen(prog, trainable, params, inference_only):

@@ -37,6 +37,7 @@ Example::
 import functools
 import hashlib
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -625,11 +626,7 @@ def plan(prog, params, calibration):
         if not np.all(np.isfinite(np.asarray(v, dtype=np.float64))):
             raise ValueError(f"int8: parameter {k!r} holds a NaN or Inf")
     P = _Planner(prog, params)
-
-    def where_of(name):
-        st = next(s for s in P.stages if s.name == name)
-        return _label(st).split(" ", 1)[-1].strip("()") if st.where else name
-    where_of.names = {s.name for s in P.stages}
+    where = {st.name: _label(st) for st in P.stages}
     n = _batch(prog, calibration)
     env = {k: (v, False) for k, v in P.consts.items()}
     for t in prog.inputs:
@@ -668,13 +665,10 @@ def plan(prog, params, calibration):
     qp = {}
     for k, v in rng.items():
         name = k.replace("pre:", "")
-        what = f"{name!r}" + (" (before its activation)" if k.startswith("pre:") else "")
-        qp[k] = QParams.of_range(*v, what=f"{what} at {where_of(name)}" if name in where_of.names else what)
+        what = where.get(name, repr(name)) + (" (before its activation)" if k.startswith("pre:") else "")
+        qp[k] = QParams.of_range(*v, what=what)
 
     ops, have, done, enc = [], set(), set(), {}
-    where = {}
-    for st in P.stages:
-        where[st.name] = _label(st)
 
     def need(name, dom):
         if (name, dom) in have:
@@ -727,7 +721,6 @@ def plan(prog, params, calibration):
 
 
 def _label(st):
-    import os
     loc = f" ({os.path.basename(st.where[0])}:{st.where[1]})" if st.where else ""
     return f"{st.name}{loc}"
 
@@ -741,7 +734,6 @@ def _linear_op(P, st, lin, ep, qp, need, enc_of):
     prog = P.prog
     W, wread, A, aread = lin
     wt = P.consts[W]
-    red_syms = {s for s, _ in st.red}
     idx_syms = set(st.idx)
     windex = list(wread.indices) if isinstance(wread, sp.Indexed) else []
     chan_axes = [k for k, e in enumerate(windex)
@@ -853,7 +845,6 @@ def _simple_op(kind, st, src, q, qp):
     if kind == "move" and isinstance(body, sp.Piecewise):
         body = sp.Piecewise((body.args[0].expr, body.args[0].cond), (sp.Integer(q.zero_point), True))
     if kind == "table":
-        rs = reads(st.body, {})
         rd = [n for n in sp.preorder_traversal(st.body)
               if (isinstance(n, sp.Indexed) and n.base.label.name == src) or
               (isinstance(n, sp.Symbol) and n.name == src)][0]
@@ -862,7 +853,6 @@ def _simple_op(kind, st, src, q, qp):
         info["table"] = _table((st.body.xreplace({rd: t}), t), q, q_out)
         info["read"] = rd
         body = sp.IndexedBase("__lut")[rd + 128]
-        del rs
         info["body"] = body
         return Op(kind, (st.name, "q"), [(src, "q")], stage=st, src=src, q_in=q, q_out=q_out, info=info)
     info["body"] = body

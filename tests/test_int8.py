@@ -443,7 +443,7 @@ def test_a_gelu_model_exports_as_c99_in_float_too(tmp_path, write_model):
 
 def test_a_range_beyond_float32_is_refused_naming_the_stage(write_model):
     path = write_model(HEAD + REVIEWED["pool_chain"], name="pool_chain.py")
-    with pytest.raises(ValueError, match=r"'~r1' at pool_chain.py:\d+ spans .* beyond what a float32 scale holds"):
+    with pytest.raises(ValueError, match=r"~r1 \(pool_chain.py:\d+\) spans .* beyond what a float32 scale holds"):
         _plan(path, edit=lambda p: p["W"].__setitem__(Ellipsis, 1e42), n=20)   # noqa: B023
     prog = lower_model(load_model_file(path))
     with pytest.raises(ValueError, match="parameter 'b' holds a NaN"):
@@ -569,3 +569,7 @@ def test_readme_int8_table_is_what_compare_py_measures(tmp_path):
             .strip().split(".")[0] != "12":
         pytest.skip("the README's sizes are gcc 12's")
     assert stated == 1, f"README.md lacks the int8 table measured now (python examples/int8/compare.py):\n{table}"
+    d, c = rows["digits"], rows["digits_cnn"]
+    row = (f"int8 test accuracy {d[1]:.1%} and {c[1]:.1%} (float32: {d[0]:.1%} and {c[0]:.1%}) in "
+           f"{d[2] / d[3]:.1f}x and {c[2] / c[3]:.1f}x less flash")
+    assert row in readme, f"README.md's examples table lacks: {row}"

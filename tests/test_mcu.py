@@ -91,10 +91,41 @@ def _close(got, want, what):
     assert err <= RTOL, f"{what}: the device and the host differ by {err:.3g} relative (> {RTOL})"
 
 
+def _build_and_run(tmp_path, board, header, sources, extra=()):
+    """Build ``sources`` (with startup.c) for ``board`` under the strict flags, run it under QEMU:
+    the tagged numbers it printed, and the ELF."""
+    machine, flags, flash, ram, stack, _ = BOARDS[board]
+    elf = tmp_path / "app.elf"
+    cmd = [CC, *flags, *STRICT, *extra, "-ffunction-sections", "-fdata-sections", f'-DGRADC_HEADER="{header}"',
+           f"-I{tmp_path / 'export'}", f"-I{MCU}", f"-I{tmp_path}", *map(str, sources),
+           os.path.join(MCU, "startup.c"), "-nostartfiles", "--specs=nosys.specs",
+           "-T", os.path.join(MCU, "cortex-m.ld"), "-Wl,--gc-sections",
+           f"-Wl,--defsym=FLASH_SIZE={flash},--defsym=RAM_SIZE={ram},--defsym=STACK_SIZE={stack}",
+           "-o", str(elf), "-lm"]
+    p_cc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert p_cc.returncode == 0, f"{' '.join(cmd)}\n{p_cc.stderr[-4000:]}"
+    run = subprocess.run([QEMU, "-M", machine, "-display", "none", "-monitor", "none", "-serial", "none",
+                          "-semihosting-config", "enable=on,target=native,chardev=out", "-chardev", "stdio,id=out",
+                          "-kernel", str(elf)], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0 and "fault" not in run.stdout, \
+        f"qemu: {run.returncode}\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}"
+    r = _parse(run.stdout)
+    assert r.get("forward") == [0], run.stdout[-2000:]
+    return r, elf
+
+
+def _flash_ram(elf):
+    """Flash (vector table, code, constants, initialized data) and RAM (data, bss) of an ELF."""
+    sizes = subprocess.run([SIZE, "-A", str(elf)], capture_output=True, text=True).stdout
+    sec = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\.\w+)\s+(\d+)", sizes, re.M)}
+    return (sec.get(".isr_vector", 0) + sec.get(".text", 0) + sec.get(".ARM.exidx", 0) + sec.get(".data", 0),
+            sec.get(".data", 0) + sec.get(".bss", 0))
+
+
 @pytest.mark.parametrize("board,name", list(RUNS))
 def test_exported_model_on_an_emulated_mcu_matches_the_host(tmp_path, board, name):
     from gradc.api import export, load_model_file
-    machine, flags, flash, ram, stack, lanes = BOARDS[board]
+    lanes = BOARDS[board][5]
     n, steps = RUNS[board, name]
     model_file = os.path.join(EXAMPLES, name, "model.py")
     mod = gradc.load(model_file, dtype="float32")
@@ -105,21 +136,8 @@ def test_exported_model_on_an_emulated_mcu_matches_the_host(tmp_path, board, nam
            lanes=lanes)
     M = name
     (tmp_path / "data.h").write_text(_data_h(x, y, steps))
-    elf = tmp_path / "app.elf"
-    cmd = [CC, *flags, *STRICT, "-ffunction-sections", "-fdata-sections", f'-DGRADC_HEADER="{M}.h"',
-           f"-I{d}", f"-I{MCU}", f"-I{tmp_path}", os.path.join(MCU, "main.c"), os.path.join(MCU, "startup.c"),
-           str(d / f"{M}.c"), str(d / f"{M}_weights.c"), "-nostartfiles", "--specs=nosys.specs",
-           "-T", os.path.join(MCU, "cortex-m.ld"), "-Wl,--gc-sections",
-           f"-Wl,--defsym=FLASH_SIZE={flash},--defsym=RAM_SIZE={ram},--defsym=STACK_SIZE={stack}",
-           "-o", str(elf), "-lm"]
-    p_cc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert p_cc.returncode == 0, f"{' '.join(cmd)}\n{p_cc.stderr[-4000:]}"
-    run = subprocess.run([QEMU, "-M", machine, "-display", "none", "-monitor", "none", "-serial", "none",
-                          "-semihosting-config", "enable=on,target=native,chardev=out", "-chardev", "stdio,id=out",
-                          "-kernel", str(elf)], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert run.returncode == 0 and "fault" not in run.stdout, f"qemu: {run.returncode}\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}"
-    r = _parse(run.stdout)
-    assert r.get("forward") == [0], run.stdout[-2000:]
+    r, elf = _build_and_run(tmp_path, board, f"{M}.h", [os.path.join(MCU, "main.c"), d / f"{M}.c",
+                                                        d / f"{M}_weights.c"])
     # the host: the same float32 module, the same weights and samples
     want = mod.forward(p, x=x)
     _close(_floats(r["out"]), next(iter(want.values())), f"{board} {name}: outputs")
@@ -138,10 +156,7 @@ def test_exported_model_on_an_emulated_mcu_matches_the_host(tmp_path, board, nam
     # main's and the reset handler's frames
     est = int(re.search(r"(\d+), \"[0-9a-f]{64}\", \"[^\"]*\"\n\};", (d / f"{M}.c").read_text()).group(1))
     assert r["stack"][0] <= est + 256, f"{board} {name}: the stack went {r['stack'][0]} bytes deep, estimate {est}"
-    sizes = subprocess.run([SIZE, "-A", str(elf)], capture_output=True, text=True).stdout
-    sec = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\.\w+)\s+(\d+)", sizes, re.M)}
-    flash_b = sec.get(".isr_vector", 0) + sec.get(".text", 0) + sec.get(".ARM.exidx", 0) + sec.get(".data", 0)
-    ram_b = sec.get(".data", 0) + sec.get(".bss", 0)
+    flash_b, ram_b = _flash_ram(elf)
     MEASURED[board, name] = (steps > 0, flash_b, ram_b, r["stack"][0])
     print(f"\n| {board} | {name} | {'training' if steps else 'inference'} | {flash_b:,} B | {ram_b:,} B "
           f"| {r['stack'][0]:,} B |")
@@ -156,7 +171,6 @@ INT8_RUNS = {"moons": 16, "digits": 8, "digits_cnn": 4}
 def test_int8_export_on_an_emulated_cortex_m0_equals_the_python_reference_bit_for_bit(tmp_path, name):
     from gradc.api import export, load_model_file, lower_model
     from gradc.quantize import plan
-    machine, flags, flash, ram, stack, _ = BOARDS["cortex-m0"]
     model_file = os.path.join(EXAMPLES, name, "model.py")
     mod = gradc.load(model_file, dtype="float32")
     p = mod.init_params(seed=1)
@@ -170,30 +184,14 @@ def test_int8_export_on_an_emulated_cortex_m0_equals_the_python_reference_bit_fo
     export(model, str(d), weights=dict(p), quantize="int8", calibrate={"x": calib})
     xs = ",\n    ".join(", ".join(_hexf(v) for v in row) for row in x.reshape(n, -1))
     (tmp_path / "data.h").write_text(f"#define MCU_N {n}\nstatic const float mcu_x[] = {{\n    {xs}\n}};\n")
-    elf = tmp_path / "app.elf"
-    cmd = [CC, *flags, *STRICT, "-Wconversion", "-ffunction-sections", "-fdata-sections",
-           f'-DGRADC_HEADER="{name}.h"', f"-I{d}", f"-I{MCU}", f"-I{tmp_path}", os.path.join(MCU, "main_int8.c"),
-           os.path.join(MCU, "startup.c"), str(d / f"{name}.c"), "-nostartfiles", "--specs=nosys.specs",
-           "-T", os.path.join(MCU, "cortex-m.ld"), "-Wl,--gc-sections",
-           f"-Wl,--defsym=FLASH_SIZE={flash},--defsym=RAM_SIZE={ram},--defsym=STACK_SIZE={stack}",
-           "-o", str(elf), "-lm"]
-    p_cc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert p_cc.returncode == 0, f"{' '.join(cmd)}\n{p_cc.stderr[-4000:]}"
-    run = subprocess.run([QEMU, "-M", machine, "-display", "none", "-monitor", "none", "-serial", "none",
-                          "-semihosting-config", "enable=on,target=native,chardev=out", "-chardev", "stdio,id=out",
-                          "-kernel", str(elf)], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert run.returncode == 0 and "fault" not in run.stdout, f"qemu: {run.returncode}\n{run.stdout[-2000:]}"
-    r = _parse(run.stdout)
-    assert r.get("forward") == [0], run.stdout[-2000:]
+    r, elf = _build_and_run(tmp_path, "cortex-m0", f"{name}.h", [os.path.join(MCU, "main_int8.c"), d / f"{name}.c"],
+                            ["-Wconversion"])
     prog = lower_model(model)
     want = plan(prog, {k: np.asarray(v, np.float64) for k, v in p.items()}, {"x": calib}).reference({"x": x})
     want_bits = np.asarray(next(iter(want.values())), np.float32).ravel().view(np.uint32)
     assert list(map(int, want_bits)) == r["out"], f"cortex-m0 int8 {name}: the device's outputs are not the " \
                                                    f"reference's bits"
-    sizes = subprocess.run([SIZE, "-A", str(elf)], capture_output=True, text=True).stdout
-    sec = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\.\w+)\s+(\d+)", sizes, re.M)}
-    flash_b = sec.get(".isr_vector", 0) + sec.get(".text", 0) + sec.get(".ARM.exidx", 0) + sec.get(".data", 0)
-    ram_b = sec.get(".data", 0) + sec.get(".bss", 0)
+    flash_b, ram_b = _flash_ram(elf)
     MEASURED["cortex-m0", name, "int8"] = (flash_b, ram_b, r["stack"][0])
     print(f"\n| cortex-m0 | {name} | int8 inference | {flash_b:,} B | {ram_b:,} B | {r['stack'][0]:,} B |")
 

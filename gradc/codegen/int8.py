@@ -195,9 +195,9 @@ class _Render:
             if name not in self._pvars:
                 self._pvars[name] = self.const("float", self.qp.consts[name], "p")
             w[name] = (self._pvars[name], self.qp.shapes[name], REAL, False, 0)
-        if st.elements is not None:
-            out = pname = self.buf[op.out][0]
-            return [f"{pname}[{j}] = {pr.doprint(e)};" for j, e in enumerate(st.elements)] if out else []
+        if st.elements is not None:           # straight-line code, one element a line
+            var = self.buf[op.out][0]
+            return [f"{var}[{j}] = {pr.doprint(e)};" for j, e in enumerate(st.elements)]
         if st.red:
             init = "0.0F" if st.op == "sum" else "-HUGE_VALF"
             x = pr.doprint(st.body)
