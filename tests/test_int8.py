@@ -239,6 +239,26 @@ def test_the_c_equals_the_python_reference_bit_for_bit_under_sanitizers(tmp_path
         assert np.array_equal(got[o].view(np.uint32), np.asarray(want[o], np.float32).ravel().view(np.uint32)), o
 
 
+@pytest.mark.skipif(GCC is None or shutil.which("g++") is None, reason="needs gcc and g++")
+def test_the_header_compiles_as_cpp_and_its_example_call_links(tmp_path):
+    S = _Setup("digits_cnn", n=50)
+    d = tmp_path / "cpp"
+    S.export(d)
+    h = (d / "digits_cnn.h").read_text()
+    example = [line[len(" *     "):] for line in h.splitlines() if line.startswith(" *     ")]
+    assert any("digits_cnn_forward(n, in_x, out_logits, work, sizeof work)" in line for line in example), example
+    body = "\n".join(line.replace("(once, at init)", "") for line in example)
+    (d / "app.cpp").write_text('#include "digits_cnn.h"\n'
+                               'int run(int n, const float *in_x, float *out_logits)\n{\n' + body +
+                               '\n    return rc;\n}\nint main() { float x[64] = {0}, y[10]; return run(1, x, y); }\n')
+    p = subprocess.run([GCC, *STRICT, "-c", str(d / "digits_cnn.c"), "-o", str(d / "m.o")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([shutil.which("g++"), "-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic", f"-I{d}",
+                        str(d / "app.cpp"), str(d / "m.o"), "-o", str(d / "app"), "-lm"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert subprocess.run([str(d / "app")]).returncode == 0
+
+
 @pytest.mark.skipif(GCC is None or VALGRIND is None, reason="needs gcc and valgrind")
 def test_the_int8_c_is_clean_under_valgrind(tmp_path):
     S = _Setup("digits_cnn")
