@@ -239,6 +239,24 @@ def test_the_c_equals_the_python_reference_bit_for_bit_under_sanitizers(tmp_path
         assert np.array_equal(got[o].view(np.uint32), np.asarray(want[o], np.float32).ravel().view(np.uint32)), o
 
 
+@pytest.mark.skipif(GCC is None, reason="gcc is not installed")
+def test_every_example_exports_int8_that_gcc_and_clang_accept_under_every_strict_flag(tmp_path):
+    jobs = []
+    for name, sub in _models():
+        path = os.path.join(EXAMPLES, name, "model.py")
+        prog = lower_model(load_model_file(path, sub))
+        d = tmp_path / f"{name}-{sub}"
+        export(load_model_file(path, sub), str(d), weights=gradc.load(path, model=sub).init_params(seed=0),
+               quantize="int8", calibrate=_data(prog, 64))
+        for cc in (c for c in (GCC, CLANG) if c):
+            jobs.append([cc, *STRICT, "-O1", "-c", str(d / f"{prog.name}.c"), "-o", str(d / f"{os.path.basename(cc)}.o")])
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as ex:
+        results = list(ex.map(lambda c: subprocess.run(c, capture_output=True, text=True), jobs))
+    for cmd, p in zip(jobs, results):
+        assert p.returncode == 0, f"{' '.join(cmd)}\n{p.stderr[-3000:]}"
+
+
 @pytest.mark.skipif(GCC is None or shutil.which("g++") is None, reason="needs gcc and g++")
 def test_the_header_compiles_as_cpp_and_its_example_call_links(tmp_path):
     S = _Setup("digits_cnn", n=50)
