@@ -5,7 +5,8 @@ arm-none-eabi-gcc and run under qemu-system-arm with semihosting (examples/mcu).
 Each run prints the forward pass's outputs on a few samples with the exported weights and, for a
 training export, the losses of some SGD steps on the device and the parameters they end with, as
 the bits of each float32; all must match the host's float32 module to 1e-5 (relative to the
-largest value). The flash, RAM and stack each build needs are measured (``arm-none-eabi-size``
+largest value). An int8 export (``--quantize int8``, examples/mcu/main_int8.c) prints its outputs,
+which must equal gradc's Python reference of the integer path bit for bit. The flash, RAM and stack each build needs are measured (``arm-none-eabi-size``
 and a painted stack) and printed (``pytest -s tests/test_mcu.py``); the README's table of them is
 checked against the measurement.
 
@@ -162,19 +163,19 @@ def test_exported_model_on_an_emulated_mcu_matches_the_host(tmp_path, board, nam
           f"| {r['stack'][0]:,} B |")
 
 
-# int8 exports on the Cortex-M0: (model, samples); the weights are trained-like (seeded init), the
-# calibration inputs drawn as the samples are
-INT8_RUNS = {"moons": 16, "digits": 8, "digits_cnn": 4}
+# int8 exports: (board, model): samples; seeded weights, the calibration inputs drawn as the samples are
+INT8_RUNS = {("cortex-m0", "moons"): 16, ("cortex-m0", "digits"): 8, ("cortex-m0", "digits_cnn"): 4,
+             ("cortex-m4", "digits_cnn"): 4}
 
 
-@pytest.mark.parametrize("name", list(INT8_RUNS))
-def test_int8_export_on_an_emulated_cortex_m0_equals_the_python_reference_bit_for_bit(tmp_path, name):
+@pytest.mark.parametrize("board,name", list(INT8_RUNS))
+def test_int8_export_on_an_emulated_mcu_equals_the_python_reference_bit_for_bit(tmp_path, board, name):
     from gradc.api import export, load_model_file, lower_model
     from gradc.quantize import plan
     model_file = os.path.join(EXAMPLES, name, "model.py")
     mod = gradc.load(model_file, dtype="float32")
     p = mod.init_params(seed=1)
-    n = INT8_RUNS[name]
+    n = INT8_RUNS[board, name]
     shape = next(iter(mod.input_shapes.values()))
     x, _ = _samples(mod, "moons" if name == "moons" else "digits", n + 64)
     x = x.reshape((-1,) + tuple(shape))
@@ -184,16 +185,16 @@ def test_int8_export_on_an_emulated_cortex_m0_equals_the_python_reference_bit_fo
     export(model, str(d), weights=dict(p), quantize="int8", calibrate={"x": calib})
     xs = ",\n    ".join(", ".join(_hexf(v) for v in row) for row in x.reshape(n, -1))
     (tmp_path / "data.h").write_text(f"#define MCU_N {n}\nstatic const float mcu_x[] = {{\n    {xs}\n}};\n")
-    r, elf = _build_and_run(tmp_path, "cortex-m0", f"{name}.h", [os.path.join(MCU, "main_int8.c"), d / f"{name}.c"],
+    r, elf = _build_and_run(tmp_path, board, f"{name}.h", [os.path.join(MCU, "main_int8.c"), d / f"{name}.c"],
                             ["-Wconversion"])
     prog = lower_model(model)
     want = plan(prog, {k: np.asarray(v, np.float64) for k, v in p.items()}, {"x": calib}).reference({"x": x})
     want_bits = np.asarray(next(iter(want.values())), np.float32).ravel().view(np.uint32)
-    assert list(map(int, want_bits)) == r["out"], f"cortex-m0 int8 {name}: the device's outputs are not the " \
+    assert list(map(int, want_bits)) == r["out"], f"{board} int8 {name}: the device's outputs are not the " \
                                                    f"reference's bits"
     flash_b, ram_b = _flash_ram(elf)
-    MEASURED["cortex-m0", name, "int8"] = (flash_b, ram_b, r["stack"][0])
-    print(f"\n| cortex-m0 | {name} | int8 inference | {flash_b:,} B | {ram_b:,} B | {r['stack'][0]:,} B |")
+    MEASURED[board, name, "int8"] = (flash_b, ram_b, r["stack"][0])
+    print(f"\n| {board} | {name} | int8 inference | {flash_b:,} B | {ram_b:,} B | {r['stack'][0]:,} B |")
 
 
 def test_readme_states_the_measured_flash_ram_and_stack():
