@@ -304,8 +304,11 @@ class _Lowering:
                                      f"as in p[f // 9, f % 9]", where)
             elif isinstance(node, sp.core.function.Application):
                 if node.func not in SUPPORTED_FUNCTIONS:
+                    hint = ("; SymPy writes it when it cannot prove a value real, as for Abs or a fractional "
+                            "power of sqrt(v + eps) with v possibly negative: write sqrt(Max(0, v) + eps) or "
+                            "sqrt(Abs(v) + eps)") if node.func in (sp.atan2, sp.arg, sp.re, sp.im) else ""
                     raise ModelError(f"in {what}: unsupported function {node.func.__name__!r}; gradc compiles "
-                                     + ", ".join(sorted(f.__name__ for f in SUPPORTED_FUNCTIONS)), where)
+                                     + ", ".join(sorted(f.__name__ for f in SUPPORTED_FUNCTIONS)) + hint, where)
             elif node in (sp.nan, sp.zoo, sp.oo, -sp.oo) or node == sp.I:
                 raise ModelError(f"in {what}: {node} is not a real finite number", where)
             elif isinstance(node, (sp.Integral, sp.Derivative, sp.Product, sp.Subs)):

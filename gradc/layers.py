@@ -387,6 +387,14 @@ def _at(t, li):
     return t[tuple(li)] if li else t
 
 
+def _root(v, eps):
+    """sqrt(v + eps) for a variance or mean square v (never negative), written sqrt(Max(0, v) + eps) so
+    that SymPy knows the root is real: else Abs or a fractional power of a normalized value becomes
+    atan2 and arg terms (``Abs(2**(x / sqrt(v + eps)))``). The same values, and the same gradient: v
+    is 0 only where every term it multiplies is 0."""
+    return sp.sqrt(sp.Max(0, v) + eps)
+
+
 def _mean_var(X, lead, limits_of):
     """Materialized (mean, variance) per index of the ``lead`` dims, in two passes: the mean, then
     the mean of the squared deviations from it (never E[x^2] - E[x]^2, which cancels)."""
@@ -428,7 +436,7 @@ def layer_norm(x, normalized_shape=None, weight=None, bias=None, eps=1e-5):
 
     def fn(*idx):
         li, ti = idx[:nl], idx[nl:]
-        y = (X[idx] - _at(mean, li)) / sp.sqrt(_at(var, li) + eps)
+        y = (X[idx] - _at(mean, li)) / _root(_at(var, li), eps)
         if w is not None:
             y = y * w[ti]
         return y if b is None else y + b[ti]
@@ -468,7 +476,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
 
     def fn(ch, *pos):
         g = group(ch)
-        y = (X[(ch,) + pos] - mean[g]) / sp.sqrt(var[g] + eps)
+        y = (X[(ch,) + pos] - mean[g]) / _root(var[g], eps)
         if w is not None:
             y = y * w[ch]
         return y if b is None else y + b[ch]
@@ -500,7 +508,7 @@ def rms_norm(x, weight=None, eps=None, *, normalized_shape=None):
 
     def fn(*idx):
         li, ti = idx[:nl], idx[nl:]
-        y = X[idx] / sp.sqrt(_at(msq, li) + eps)
+        y = X[idx] / _root(_at(msq, li), eps)
         return y if w is None else y * w[ti]
     return TensorExpr(m, X.shape, fn)
 

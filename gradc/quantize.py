@@ -319,6 +319,8 @@ class QuantPlan:
             label = name if _t(self.prog, name).kind == "input" else label
             return (f"float {label}: {'input' if label == name else 'float result'} quantized to int8 "
                     f"(scale {op.q_out.scale:.6g}, zero point {op.q_out.zero_point})")
+        if op.kind == "const":
+            return f"float {name}: a constant (it depends on the parameters alone)"
         return None         # a dequantize: where a float stage or an output reads int8
 
     @property
@@ -354,7 +356,7 @@ class QuantPlan:
                 vals[(t.name, "f")] = a.astype(np.int64) if t.dtype == INT else a.astype(np.float32)
         for op in self.ops:
             vals[op.out] = self._run(op, vals, env, n)
-        return {o: vals[(o, "f")].reshape((n,) + self.shapes[o]) for o in self.outputs}
+        return {o: np.asarray(vals[(o, "f")], dtype=np.float32).reshape((n,) + self.shapes[o]) for o in self.outputs}
 
     def _run(self, op, vals, env, n):
         if op.kind == "quantize":
@@ -364,6 +366,8 @@ class QuantPlan:
             return quantize_f32(x, op.q_out)
         if op.kind == "dequantize":
             return dequantize_f32(vals[(op.src, "q")], op.q_in)
+        if op.kind == "const":
+            return np.broadcast_to(op.info["values"], (n,) + op.info["values"].shape)
         st = op.stage
         shape = self.shapes[st.name]
         e = dict(env)
@@ -715,6 +719,9 @@ def plan(prog, params, calibration):
         if op.kind == "linear" and op.info.get("E") is not None:
             done.add(op.info["E"].name)
     for o in prog.outputs:
+        if P.is_const(o):         # an output of the parameters alone: its values, written out
+            ops.append(Op("const", (o, "f"), [], info={"values": np.asarray(P.consts[o], dtype=np.float32)}))
+            have.add((o, "f"))
         need(o, "f")
     shapes = {name: tuple(t.shape) for name, t in prog.tensors.items()}
     return QuantPlan(prog, ops, {k: v for k, v in P.consts.items()}, shapes, list(prog.outputs), where)

@@ -408,3 +408,26 @@ def test_regression_log_sum_exp_reusing_an_enclosing_sum_index():
     s = X.sum(1).mean()
     assert L == pytest.approx(np.log(4.0) * s, rel=1e-12)
     np.testing.assert_allclose(g["p"], [s / 4, 3 * s / 4], rtol=1e-12)
+
+
+def test_regression_abs_of_a_power_of_an_rms_normed_value():
+    """loss = Sum_i |2 ** (y[i] / 2)| with y = rms_norm(x) = x / sqrt(mean(x^2) + eps), eps the float64
+    epsilon (PyTorch's default, which gradc.layers follows).
+
+    Found by the int8 fuzz run (tests/test_fuzz_int8.py's generator, label "int8-many", model 61:
+    ``gc.abs(2 ** ((L.rms_norm(x1, 6)[:, None] - x1) / 2))``): SymPy could not prove
+    sqrt(mean(x^2) + eps) real, so Abs of the power became ``2**(y cos(atan2(0, v + eps) / 2) ...)``
+    and gradc refused the model ("unsupported function 'atan2'"). The norms now take the root of
+    Max(0, v) + eps, which SymPy knows is positive. With x = (1, -2, 0.5): mean(x^2) = 1.75, and
+    2 ** (y / 2) > 0, so L = Sum_i 2 ** (x[i] / sqrt(1.75 + eps) / 2).
+    """
+    from gradc import layers as L
+    m = gc.Model("abs_rms")
+    x = m.input("x", (3,))
+    y = L.rms_norm(x, normalized_shape=3)
+    w = m.param("w", (3,))
+    m.loss(gc.abs(gc.elementwise(lambda e: 2 ** (e / 2))(y)).sum() + (w * x).sum())
+    mod = gc.compile_model(m)
+    X = np.array([[1.0, -2.0, 0.5]])
+    yv = X / np.sqrt(1.75 + np.finfo(np.float64).eps)
+    assert mod.loss({"w": np.zeros(3)}, x=X) == pytest.approx(float((2 ** (yv / 2)).sum()), rel=1e-12)

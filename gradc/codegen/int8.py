@@ -106,6 +106,9 @@ class _Render:
     def op_lines(self, k, op):
         st = op.stage
         pname = lambda v: self.buf[v][0]  # noqa: E731
+        if op.kind == "const":
+            var = self.const("float", op.info["values"], "c")
+            return [f"for (int i = 0; i < {op.info['values'].size}; ++i) {pname(op.out)}[i] = {var}[i];"]
         if op.kind in ("quantize", "dequantize"):
             size = int(np.prod(self.qp.shapes[op.src], dtype=np.int64))
             if op.kind == "quantize":
@@ -231,7 +234,8 @@ class _Render:
                             if b is not None])
                for t in prog.inputs if t.name not in qp.consts]
         outs = [dict(name=self.c[o], size=prog.tensors[o].size, shape=list(prog.tensors[o].shape),
-                     var=self.buf[(o, "f")][0]) for o in qp.outputs]
+                     var=self.buf[(o, "f")][0] if (o, "f") in self.buf else "in_" + self.c[o],
+                     cast="(float)" if prog.tensors[o].dtype == INT else "") for o in qp.outputs]
         bufs = [dict(var=v, ctype=ct, off=off) for v, ct, off, _ in self.buf.values()]
         helpers = helper_functions(self.helpers, "float32")
         ctx = dict(M=self.M, MU=self.MU, ops=ops, ins=ins, outs=outs, bufs=bufs, consts=self.consts,
