@@ -298,15 +298,14 @@ def export(model, outdir, weights=None, dtype="float64", inference_only=False, f
     (``OutputError``) unless ``force``. Example: ``gradc.api.export(m, "out", weights="run/checkpoint.npz")``.
     """
     from .codegen.c import render, render_cmake, render_selftest, render_weights
-    if quantize is not None:
-        return _export_int8(model, outdir, weights, dtype, force, test_vectors, lanes, trainable, quantize,
-                            calibrate)
     if isinstance(test_vectors, bool) or not isinstance(test_vectors, int) or not 0 <= test_vectors <= 10000:
         raise ModelError(f"test_vectors must be a whole number from 0 to 10000, not {test_vectors!r}", where=None)
     if test_vectors and weights is None:
         raise ModelError("test vectors need the weights they check (give --weights)", where=None)
     if dtype not in ("float32", "float64"):
         raise ModelError(f"dtype must be float32 or float64, not {dtype!r}", where=None)
+    if quantize is not None:
+        return _export_int8(model, outdir, weights, force, test_vectors, lanes, trainable, quantize, calibrate)
     if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= 64:
         raise ModelError(f"lanes must be a whole number from 1 to 64, not {lanes!r}", where=None)
     prog = lower_model(model)
@@ -350,7 +349,9 @@ class Written(list):
         self.report = list(report)
 
 
-def _export_int8(model, outdir, weights, dtype, force, test_vectors, lanes, trainable, quantize, calibrate):
+def _export_int8(model, outdir, weights, force, test_vectors, lanes, trainable, quantize, calibrate):
+    import numpy as np
+
     from .codegen.c import render_cmake, render_selftest
     from .codegen.int8 import render_int8
     from .ir import INT
@@ -362,10 +363,6 @@ def _export_int8(model, outdir, weights, dtype, force, test_vectors, lanes, trai
     if calibrate is None:
         raise ModelError("--quantize int8 needs calibration data: --calibrate DATA.npz, a few hundred "
                          "typical inputs by input name (the training data will do)", where=None)
-    if dtype not in ("float32", "float64"):
-        raise ModelError(f"dtype must be float32 or float64, not {dtype!r}", where=None)
-    if isinstance(test_vectors, bool) or not isinstance(test_vectors, int) or not 0 <= test_vectors <= 10000:
-        raise ModelError(f"test_vectors must be a whole number from 0 to 10000, not {test_vectors!r}", where=None)
     for what, bad in (("--trainable", trainable is not None), ("--lanes", lanes != 16)):
         if bad:
             raise ModelError(f"{what} is for a float export; an int8 export is inference only, one sample "
@@ -383,7 +380,6 @@ def _export_int8(model, outdir, weights, dtype, force, test_vectors, lanes, trai
         if t.name not in calibrate:
             raise ModelError(f"--calibrate: no array {t.name!r} for input {t.name!r} (it holds "
                              f"{', '.join(sorted(calibrate)) or 'nothing'})", where=None)
-        import numpy as np
         a = np.asarray(calibrate[t.name])
         if a.ndim != len(t.shape) + 1 or a.shape[1:] != tuple(t.shape) or a.shape[0] < 1:
             raise ModelError(f"--calibrate: input {t.name!r} has shape {a.shape}, expected (n, "
@@ -399,7 +395,6 @@ def _export_int8(model, outdir, weights, dtype, force, test_vectors, lanes, trai
     files = {f"{src.name}.h": src.h, f"{src.name}.c": src.c}
     if test_vectors:
         # rows of the calibration data (typical inputs), and the integer path's outputs for them
-        import numpy as np
         n_cal = len(next(iter(calib.values())))
         rows = np.random.default_rng(0).choice(n_cal, test_vectors, replace=test_vectors > n_cal)
         inputs = {t.name: np.asarray(calib[t.name])[rows].astype(np.int32 if t.dtype == INT else np.float32)

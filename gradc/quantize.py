@@ -60,7 +60,6 @@ class _Grid:
     """The loop nest of a stage over n samples: axis 0 the sample, then idx, then red."""
 
     def __init__(self, n, axes):
-        self.n = n
         self.shape = (n,) + tuple(int(e) for _, e in axes)
         rank = len(axes) + 1
         self.sym = {}
@@ -173,6 +172,11 @@ class _Eval:
         raise ModelError(f"int8: cannot evaluate {type(e).__name__} in {e}", where=None)
 
 
+def _rows(env, lo, m):
+    """``env`` with its batched arrays cut to samples lo .. lo + m - 1."""
+    return {k: ((a[lo:lo + m], True) if b else (a, False)) for k, (a, b) in env.items()}
+
+
 def evaluate(st, env, n, shape, body=None, dtype=np.float64):
     """The values of stage ``st`` (of shape ``shape``), or of ``body`` over its loop nest, for ``n``
     samples: an array (n, *shape). ``env`` as ``_Eval``'s."""
@@ -188,7 +192,7 @@ def evaluate(st, env, n, shape, body=None, dtype=np.float64):
     outs = []
     for lo in range(0, n, step):
         m = min(step, n - lo)
-        sub = {k: ((a[lo:lo + m], True) if b else (a, False)) for k, (a, b) in env.items()}
+        sub = _rows(env, lo, m)
         g = _Grid(m, axes)
         v = np.broadcast_to(np.asarray(_Eval(sub, g)(st.body if body is None else body), dtype=dtype), g.shape)
         red_axes = tuple(range(1 + len(idx_ext), len(g.shape)))
@@ -658,7 +662,7 @@ def plan(prog, params, calibration):
             seen(t.name, env[t.name][0])
     for lo in range(0, n, _SAMPLES):         # the data a chunk at a time: memory bounded for any n
         m = min(_SAMPLES, n - lo)
-        sub = {k: ((a[lo:lo + m], True) if b else (a, False)) for k, (a, b) in env.items()}
+        sub = _rows(env, lo, m)
         for st in P.stages:
             v = evaluate(st, sub, m, _t(prog, st.name).shape)
             sub[st.name] = (v, True)

@@ -19,13 +19,8 @@ import sympy as sp
 from .. import abi
 from .._version import __version__
 from ..ir import INT, REAL
-from .c import Printer, c_literal, comment_text, helper_functions, templates
+from .c import Printer, Source, c_literal, comment_text, helper_functions, templates
 from .names import Namer, ident
-
-
-class _Src:
-    def __init__(self, name, c, h, layout):
-        self.name, self.c, self.h, self.layout = name, c, h, layout
 
 
 def _ints(a, per_row=16):
@@ -248,7 +243,7 @@ class _Render:
         env = templates()
         h = env.get_template("c/int8.h.j2").render(**ctx)
         c = env.get_template("c/int8.c.j2").render(**ctx)
-        return _Src(self.M, c, h, dict(work_bytes=self.work_bytes, model_hash=ctx["model_hash"],
+        return Source(self.M, c, h, "", dict(work_bytes=self.work_bytes, model_hash=ctx["model_hash"],
                                       const_bytes=ctx["flash"], c_names=self.c))
 
     def flash_bytes(self):
@@ -257,5 +252,5 @@ class _Render:
 
 
 def render_int8(qp):
-    """The ``_Src`` (``name``, ``c``, ``h``, ``layout``) of a ``QuantPlan``."""
+    """The ``Source`` of a ``QuantPlan`` (no cdef: an int8 export is for C programs, not cffi)."""
     return _Render(qp).render()
